@@ -1,0 +1,22 @@
+"""minigpt: GPT-2 from first principles in NumPy, every backward written by hand.
+
+The public API (see README.md):
+
+    tok = minigpt.Tokenizer.gpt2()
+    model = minigpt.GPTModel(minigpt.GPTConfig(...), seed=123, dtype=np.float32)
+    logits = model.forward(idx)
+    loss, grads = model.loss_and_grads(idx, targets)
+"""
+
+__version__ = "0.1.0"
+
+# --- core (config, model, gradient checks) ---
+from minigpt.config import (  # noqa: F401
+    GPT_CONFIG_124M,
+    GPT_CONFIG_LARGE,
+    GPT_CONFIG_MEDIUM,
+    GPT_CONFIG_XL,
+    PRETRAINED_CONFIGS,
+    GPTConfig,
+    model_configs,
+)

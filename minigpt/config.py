@@ -1,0 +1,143 @@
+"""GPTConfig: the shape of a GPT-2 model, with the book's field names.
+
+The book (chapter 4) passes a plain dict ``GPT_CONFIG_124M``; here the same names live in a small
+frozen dataclass that checks itself, so a typo or an impossible shape fails at construction with a
+message instead of deep inside a matrix product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """The hyperparameters of a GPT-2 model.
+
+    Field names are the book's (chapter 4, ``GPT_CONFIG_124M``) so a reader can map one to one:
+
+    vocab_size      V   number of token ids (50257 for GPT-2's BPE)
+    context_length  T   longest sequence the position embedding covers
+    emb_dim         C   width of the residual stream
+    n_heads         H   attention heads; head size hs = C // H
+    n_layers        L   transformer blocks
+    drop_rate           dropout probability (embedding sum, attention weights, residual branches)
+    qkv_bias            whether the fused q, k, v projection has a bias (OpenAI's weights do)
+    tie_weights         the LM head reuses ``wte`` (GPT-2 as released) instead of its own
+                        ``lm_head.weight`` (the book's from-scratch training, chapters 4-5)
+    """
+
+    vocab_size: int = 50257
+    context_length: int = 1024
+    emb_dim: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    drop_rate: float = 0.1
+    qkv_bias: bool = False
+    tie_weights: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.emb_dim % self.n_heads != 0:
+            raise ValueError(
+                f"GPTConfig.emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads}): "
+                f"each head gets emb_dim // n_heads channels. Choose, for example, "
+                f"emb_dim={self.n_heads * max(1, round(self.emb_dim / self.n_heads))}."
+            )
+        if not (0.0 <= float(self.drop_rate) < 1.0):
+            raise ValueError(f"GPTConfig.drop_rate must be in [0, 1), got {self.drop_rate!r}")
+        for name in ("qkv_bias", "tie_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
+
+    @property
+    def head_dim(self) -> int:
+        """hs = C // H, the width of one attention head."""
+        return self.emb_dim // self.n_heads
+
+    # --- conversion -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
+        """Build from a dict with the book's keys; unknown keys are an error (they are usually typos)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown GPTConfig keys {unknown}; the known keys are {sorted(known)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> GPTConfig:
+        """A copy with some fields changed, e.g. ``GPT_CONFIG_124M.replace(context_length=256)``."""
+        return replace(self, **changes)
+
+    # --- parameter count ------------------------------------------------------------------------
+    def n_params(self, include_head: bool | None = None) -> int:
+        """Number of parameters (unique arrays: a tied head adds nothing).
+
+        ``include_head=None`` counts the model as configured (``lm_head.weight`` only when untied);
+        True/False force the separate head in or out, which is how the book's chapter 4 reports
+        163,009,536 ("total") and 124,412,160 ("considering weight tying") for the 124M config.
+        """
+        return sum(size for _, size in self.param_counts(include_head))
+
+    def param_counts(self, include_head: bool | None = None) -> list[tuple[str, int]]:
+        """(group, count) rows: the embeddings, one block times n_layers, final norm, head."""
+        V, T, C, L = self.vocab_size, self.context_length, self.emb_dim, self.n_layers
+        attn = C * 3 * C + (3 * C if self.qkv_bias else 0) + C * C + C  # c_attn + c_proj
+        mlp = C * 4 * C + 4 * C + 4 * C * C + C  # c_fc + c_proj
+        norms = 2 * (2 * C)  # ln_1 + ln_2
+        rows = [
+            ("wte", V * C),
+            ("wpe", T * C),
+            (f"blocks ({L} x {attn + mlp + norms})", L * (attn + mlp + norms)),
+            ("ln_f", 2 * C),
+        ]
+        head = (not self.tie_weights) if include_head is None else include_head
+        if head:
+            rows.append(("lm_head", V * C))
+        return rows
+
+    def n_bytes(self, itemsize: int = 4, include_head: bool | None = None) -> int:
+        return self.n_params(include_head) * itemsize
+
+
+def size_mb(n_bytes: int) -> float:
+    """Bytes to the book's "MB" (2**20 bytes): 163,009,536 float32 params -> 621.83 MB."""
+    return n_bytes / 1024**2
+
+
+# The book's GPT_CONFIG_124M (chapter 4): untied head, no qkv bias, dropout 0.1.
+GPT_CONFIG_124M = GPTConfig(
+    vocab_size=50257, context_length=1024, emb_dim=768, n_heads=12, n_layers=12,
+    drop_rate=0.1, qkv_bias=False,
+)
+
+# The other GPT-2 sizes (chapter 4 exercise 4.2 and chapter 5 ``model_configs``).
+GPT_CONFIG_MEDIUM = GPT_CONFIG_124M.replace(emb_dim=1024, n_layers=24, n_heads=16)
+GPT_CONFIG_LARGE = GPT_CONFIG_124M.replace(emb_dim=1280, n_layers=36, n_heads=20)
+GPT_CONFIG_XL = GPT_CONFIG_124M.replace(emb_dim=1600, n_layers=48, n_heads=25)
+
+# Keyed like the book's chapter 5 ``model_configs``.
+model_configs: dict[str, GPTConfig] = {
+    "gpt2-small (124M)": GPT_CONFIG_124M,
+    "gpt2-medium (355M)": GPT_CONFIG_MEDIUM,
+    "gpt2-large (774M)": GPT_CONFIG_LARGE,
+    "gpt2-xl (1558M)": GPT_CONFIG_XL,
+}
+
+# The released OpenAI weights: qkv bias on, tied head, no dropout (chapter 5 NEW_CONFIG).
+PRETRAINED_CONFIGS: dict[str, GPTConfig] = {
+    name: cfg.replace(qkv_bias=True, tie_weights=True, drop_rate=0.0)
+    for name, cfg in {
+        "gpt2": GPT_CONFIG_124M,
+        "gpt2-medium": GPT_CONFIG_MEDIUM,
+        "gpt2-large": GPT_CONFIG_LARGE,
+        "gpt2-xl": GPT_CONFIG_XL,
+    }.items()
+}
