@@ -20,3 +20,5 @@ from minigpt.config import (  # noqa: F401
     GPTConfig,
     model_configs,
 )
+from minigpt.model import GPTModel  # noqa: F401, E402
+from minigpt.kv_cache import KVCache  # noqa: F401, E402

@@ -1,0 +1,278 @@
+"""GPTModel: GPT-2 as two readable functions, forward and backward, chaining the layers by hand.
+
+    idx -> embedding (tok + pos) -> dropout -> [block] x L -> ln_f -> lm_head -> logits -> loss
+    grads: the same chain in reverse, each layer's backward consuming the cache its forward returned.
+
+Parameters live in ONE flat buffer (``flat_params``) and ``params`` holds named views into it, with
+Hugging Face GPT-2 names and the ``x @ W`` layout; gradients likewise (``flat_grads``, ``grads``).
+AdamW and gradient clipping are then single passes over one vector, a gradient check can walk one
+vector, and a checkpoint is one array.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from minigpt.config import GPTConfig
+from minigpt.kv_cache import KVCache
+from minigpt.layers.block import block_backward, block_forward, block_step
+from minigpt.layers.dropout import dropout_backward, dropout_forward
+from minigpt.layers.embedding import embedding_backward, embedding_forward
+from minigpt.layers.layernorm import layernorm_backward, layernorm_forward
+from minigpt.layers.linear import linear_backward, linear_forward
+from minigpt.layers.loss import cross_entropy
+
+SUPPORTED_DTYPES = (np.float32, np.float64)
+
+
+def param_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, in buffer order (Hugging Face GPT-2 names)."""
+    V, T, C = cfg.vocab_size, cfg.context_length, cfg.emb_dim
+    shapes: dict[str, tuple[int, ...]] = {"wte.weight": (V, C), "wpe.weight": (T, C)}
+    for i in range(cfg.n_layers):
+        h = f"h.{i}."
+        shapes[h + "ln_1.weight"] = (C,)
+        shapes[h + "ln_1.bias"] = (C,)
+        shapes[h + "attn.c_attn.weight"] = (C, 3 * C)
+        if cfg.qkv_bias:
+            shapes[h + "attn.c_attn.bias"] = (3 * C,)
+        shapes[h + "attn.c_proj.weight"] = (C, C)
+        shapes[h + "attn.c_proj.bias"] = (C,)
+        shapes[h + "ln_2.weight"] = (C,)
+        shapes[h + "ln_2.bias"] = (C,)
+        shapes[h + "mlp.c_fc.weight"] = (C, 4 * C)
+        shapes[h + "mlp.c_fc.bias"] = (4 * C,)
+        shapes[h + "mlp.c_proj.weight"] = (4 * C, C)
+        shapes[h + "mlp.c_proj.bias"] = (C,)
+    shapes["ln_f.weight"] = (C,)
+    shapes["ln_f.bias"] = (C,)
+    if not cfg.tie_weights:
+        shapes["lm_head.weight"] = (V, C)    # (out, in) like wte, so logits = x @ W^T either way
+    return shapes
+
+
+def _named_views(flat: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    views, offset = {}, 0
+    for name, shape in shapes.items():
+        size = math.prod(shape)
+        views[name] = flat[offset:offset + size].reshape(shape)
+        offset += size
+    return views
+
+
+def _block_dicts(views: dict[str, np.ndarray], n_layers: int) -> list[dict[str, np.ndarray]]:
+    """Per-block dicts keyed by the name inside the block ("ln_1.weight", ...), sharing the views."""
+    blocks: list[dict[str, np.ndarray]] = [{} for _ in range(n_layers)]
+    for name, arr in views.items():
+        if name.startswith("h."):
+            _, i, rest = name.split(".", 2)
+            blocks[int(i)][rest] = arr
+    return blocks
+
+
+class GPTModel:
+    """GPT-2 with hand-written forward and backward (the book's ``GPTModel``, chapters 4-5).
+
+    ``GPTModel(cfg, seed=123, dtype=np.float32)`` initialises like GPT-2: normal(0, 0.02) for the
+    embeddings and weight matrices, 0.02 / sqrt(2 L) for the two projections that write into the
+    residual stream, zeros for biases, ones for layernorm scales.
+    """
+
+    def __init__(self, cfg: GPTConfig, seed: int | None = 123, dtype=np.float32):
+        if not isinstance(cfg, GPTConfig):
+            raise ValueError(f"cfg must be a minigpt.GPTConfig, got {type(cfg).__name__}; "
+                             "build one with GPTConfig(...) or GPTConfig.from_dict(d)")
+        dtype = np.dtype(dtype).type
+        if dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype).name}")
+        self.cfg = cfg
+        self.dtype = dtype
+        self.shapes = param_shapes(cfg)
+        n = sum(math.prod(s) for s in self.shapes.values())
+        self.flat_params = np.zeros(n, dtype=dtype)
+        self.flat_grads = np.zeros(n, dtype=dtype)
+        self.params = _named_views(self.flat_params, self.shapes)
+        self.grads = _named_views(self.flat_grads, self.shapes)
+        self._block_params = _block_dicts(self.params, cfg.n_layers)
+        self._block_grads = _block_dicts(self.grads, cfg.n_layers)
+        self._init_weights(np.random.default_rng(seed))
+
+    # --- set-up ---------------------------------------------------------------------------------
+    def _init_weights(self, rng: np.random.Generator) -> None:
+        proj_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
+        for name, p in self.params.items():           # buffer order, so one seed gives one model
+            if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight":
+                p[...] = 1.0
+            elif name.endswith(".bias"):
+                p[...] = 0.0
+            else:
+                std = proj_std if name.endswith("c_proj.weight") else 0.02
+                p[...] = rng.normal(0.0, std, size=p.shape)   # float64 draws: same model in f32/f64
+
+    @property
+    def num_params(self) -> int:
+        return self.flat_params.size
+
+    def head_weight(self) -> np.ndarray:
+        """The LM head's (V, C) weight: ``wte`` itself when tied."""
+        return self.params["wte.weight" if self.cfg.tie_weights else "lm_head.weight"]
+
+    def zero_grad(self) -> None:
+        self.flat_grads[...] = 0
+
+    # --- input checks ---------------------------------------------------------------------------
+    def _check_idx(self, idx, t0: int = 0, what: str = "idx") -> np.ndarray:
+        idx = np.asarray(idx)
+        if idx.dtype == bool or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"{what} must hold integer token ids, got dtype {idx.dtype}; "
+                             "convert with np.asarray(ids, dtype=np.int64)")
+        if idx.ndim != 2:
+            raise ValueError(f"{what} must have shape (batch, time), got shape {idx.shape}; "
+                             "for one sequence use ids[None, :]")
+        B, T = idx.shape
+        if B == 0 or T == 0:
+            raise ValueError(f"{what} is empty (shape {idx.shape}); give at least one token")
+        if t0 + T > self.cfg.context_length:
+            where = f" after {t0} cached tokens" if t0 else ""
+            raise ValueError(f"sequence of {T} tokens{where} is longer than context_length="
+                             f"{self.cfg.context_length}; crop the input to its last "
+                             f"{self.cfg.context_length - t0} tokens")
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= self.cfg.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{what} holds token id {bad}, outside the vocabulary [0, "
+                             f"{self.cfg.vocab_size}); the model's vocab_size is {self.cfg.vocab_size}")
+        return idx
+
+    def _check_targets(self, targets, idx: np.ndarray) -> np.ndarray:
+        targets = np.asarray(targets)
+        if targets.dtype == bool or not np.issubdtype(targets.dtype, np.integer):
+            raise ValueError(f"targets must hold integer token ids, got dtype {targets.dtype}")
+        if targets.shape != idx.shape:
+            raise ValueError(f"targets shape {targets.shape} does not match idx shape {idx.shape}; "
+                             "targets are the inputs shifted by one token, one per position")
+        ok = (targets == -100) | ((targets >= 0) & (targets < self.cfg.vocab_size))
+        if not ok.all():
+            bad = targets[~ok].flat[0]
+            raise ValueError(f"targets hold {bad}, neither a token id in [0, {self.cfg.vocab_size}) "
+                             "nor -100 (the ignore index)")
+        return targets
+
+    # --- forward --------------------------------------------------------------------------------
+    def _forward(self, idx: np.ndarray, rng: np.random.Generator | None, keep_caches: bool):
+        cfg, p = self.cfg, self.params
+        x, c_emb = embedding_forward(idx, p["wte.weight"], p["wpe.weight"])    # (B, T) -> (B, T, C)
+        x, c_drop = dropout_forward(x, cfg.drop_rate, rng)                      # (B, T, C)
+        c_blocks = []
+        for bp in self._block_params:
+            x, c = block_forward(x, bp, cfg.n_heads, cfg.drop_rate, rng)        # (B, T, C)
+            if keep_caches:
+                c_blocks.append(c)
+        x, c_lnf = layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])       # (B, T, C)
+        logits, c_head = linear_forward(x, self.head_weight().T, None)          # (B, T, C) -> (B, T, V)
+        caches = (c_emb, c_drop, c_blocks, c_lnf, c_head) if keep_caches else None
+        return logits, caches
+
+    def forward(self, idx, *, rng: np.random.Generator | None = None,
+                kv_cache: KVCache | None = None) -> np.ndarray:
+        """idx (B, T) int -> logits (B, T, V).
+
+        Dropout is active only when ``rng`` is given and ``drop_rate > 0`` (training); without it the
+        forward is deterministic (evaluation, generation). With ``kv_cache``, ``idx`` holds only the
+        new tokens, their positions continue from ``kv_cache.pos``, and the logits of the new
+        positions are returned (see ``minigpt.kv_cache``).
+        """
+        if kv_cache is not None:
+            return self._forward_cached(idx, kv_cache)
+        idx = self._check_idx(idx)
+        logits, _ = self._forward(idx, rng, keep_caches=False)
+        return logits
+
+    def _forward_cached(self, idx, cache: KVCache) -> np.ndarray:
+        cache.check_compatible(self.cfg, self.dtype)
+        idx = self._check_idx(idx, t0=cache.pos)
+        if idx.shape[0] != cache.batch_size:
+            raise ValueError(f"idx has batch size {idx.shape[0]} but the KV cache was made for "
+                             f"{cache.batch_size}; make a new KVCache(cfg, batch_size={idx.shape[0]})")
+        if cache.pos + idx.shape[1] > cache.max_len:
+            raise ValueError(f"KV cache full: {cache.pos} cached + {idx.shape[1]} new tokens exceed "
+                             f"its max_len {cache.max_len}; call cache.reset() and re-feed the last "
+                             "tokens")
+        p, t0 = self.params, cache.pos
+        x, _ = embedding_forward(idx, p["wte.weight"], p["wpe.weight"], t0)       # (B, T, C)
+        for i, bp in enumerate(self._block_params):
+            x = block_step(x, bp, self.cfg.n_heads, cache.k[i], cache.v[i], t0)   # (B, T, C)
+        x, _ = layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])
+        cache.pos += idx.shape[1]
+        return x @ self.head_weight().T                                           # (B, T, V)
+
+    # --- loss and backward ----------------------------------------------------------------------
+    def loss(self, idx, targets) -> float:
+        """Mean cross-entropy over targets != -100, no dropout, no backward (evaluation)."""
+        idx = self._check_idx(idx)
+        targets = self._check_targets(targets, idx)
+        logits, _ = self._forward(idx, None, keep_caches=False)
+        loss, _ = cross_entropy(logits, targets, grad=False)
+        return loss
+
+    def loss_and_grads(self, idx, targets, *, rng: np.random.Generator | None = None):
+        """Forward, loss, and the backward of every layer in reverse order, by hand.
+
+        Returns ``(loss, grads)``: the mean cross-entropy over targets != -100 and ``self.grads``,
+        the named views into ``flat_grads`` (overwritten by the next call; copy to keep them).
+        """
+        idx = self._check_idx(idx)
+        targets = self._check_targets(targets, idx)
+        logits, (c_emb, c_drop, c_blocks, c_lnf, c_head) = self._forward(idx, rng, keep_caches=True)
+        loss, dlogits = cross_entropy(logits, targets)                          # (B, T, V)
+        del logits
+        self.zero_grad()
+        g = self.grads
+        dhead = g["wte.weight" if self.cfg.tie_weights else "lm_head.weight"]
+        # logits = x @ W_head^T: the gradient of W_head^T lands in dhead^T, a view. When tied,
+        # dhead IS wte's gradient, so it holds the sum of both uses (head + embedding lookup).
+        dx = linear_backward(dlogits, c_head, dhead.T, None)                    # (B, T, V) -> (B, T, C)
+        del dlogits
+        dx = layernorm_backward(dx, c_lnf, g["ln_f.weight"], g["ln_f.bias"])    # (B, T, C)
+        for c, bg in zip(reversed(c_blocks), reversed(self._block_grads)):
+            dx = block_backward(dx, c, bg)                                      # (B, T, C)
+        dx = dropout_backward(dx, c_drop)
+        embedding_backward(dx, c_emb, g["wte.weight"], g["wpe.weight"])
+        return loss, self.grads
+
+    # --- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """A copy of every parameter, by name."""
+        return {name: arr.copy() for name, arr in self.params.items()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
+        """Copy arrays into the parameters by name, checking shapes (and, when strict, that the names
+        are exactly the model's). Values are cast to the model's dtype."""
+        missing = [n for n in self.params if n not in state]
+        unexpected = [n for n in state if n not in self.params]
+        if strict and (missing or unexpected):
+            raise ValueError(f"state does not match the model: missing {missing[:10]}"
+                             f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
+                             f"{' ...' if len(unexpected) > 10 else ''}")
+        for name, arr in state.items():
+            if name not in self.params:
+                continue
+            arr = np.asarray(arr)
+            if arr.shape != self.params[name].shape:
+                raise ValueError(f"{name}: shape {arr.shape} in the state, {self.params[name].shape} "
+                                 "in the model; the configs differ")
+            self.params[name][...] = arr
+
+    @classmethod
+    def from_pretrained(cls, path_or_name, dtype=np.float32, **kwargs) -> GPTModel:
+        """Load GPT-2 weights: a Hugging Face checkpoint directory or .safetensors file, or a name
+        ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"). See ``minigpt.pretrained``."""
+        from minigpt.pretrained import from_pretrained
+        return from_pretrained(path_or_name, dtype=dtype, **kwargs)
+
+    def save_pretrained(self, directory) -> None:
+        """Write ``config.json`` and ``model.safetensors`` in Hugging Face's GPT-2 layout."""
+        from minigpt.pretrained import save_pretrained
+        save_pretrained(self, directory)
