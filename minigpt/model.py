@@ -103,7 +103,7 @@ class GPTModel:
     def _init_weights(self, rng: np.random.Generator) -> None:
         proj_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
         for name, p in self.params.items():           # buffer order, so one seed gives one model
-            if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight":
+            if name.endswith(("ln_1.weight", "ln_2.weight")) or name == "ln_f.weight":
                 p[...] = 1.0
             elif name.endswith(".bias"):
                 p[...] = 0.0
@@ -236,7 +236,7 @@ class GPTModel:
         dx = linear_backward(dlogits, c_head, dhead.T, None)                    # (B, T, V) -> (B, T, C)
         del dlogits
         dx = layernorm_backward(dx, c_lnf, g["ln_f.weight"], g["ln_f.bias"])    # (B, T, C)
-        for c, bg in zip(reversed(c_blocks), reversed(self._block_grads)):
+        for c, bg in zip(reversed(c_blocks), reversed(self._block_grads), strict=True):
             dx = block_backward(dx, c, bg)                                      # (B, T, C)
         dx = dropout_backward(dx, c_drop)
         embedding_backward(dx, c_emb, g["wte.weight"], g["wpe.weight"])

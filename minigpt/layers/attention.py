@@ -33,6 +33,22 @@ def merge_heads(x: np.ndarray) -> np.ndarray:
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * hs)
 
 
+def softmax(s: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis (eq. 6.3), shifted by the row max so exp never overflows;
+    entries equal to -inf get weight exactly 0."""
+    e = np.exp(s - s.max(axis=-1, keepdims=True))          # (..., N)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax_backward(da: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Gradient through a = softmax(s): ds = a * (da - sum_j(da * a)) (eq. 6.6).
+
+    The Jacobian is diag(a) - a a^T; the second term is why a softmax backward is not just da * a
+    (forgetting it is the most common from-scratch bug; a negative control in the tests).
+    """
+    return a * (da - (da * a).sum(axis=-1, keepdims=True))
+
+
 def causal_softmax(s: np.ndarray, t0: int = 0) -> np.ndarray:
     """Row softmax of scores s (..., Tq, Tk) where query i (at absolute position t0 + i) may only see
     keys j <= t0 + i (eqs. 6.2-6.3). Masked entries are set to -inf *before* the softmax, so they get
@@ -41,10 +57,7 @@ def causal_softmax(s: np.ndarray, t0: int = 0) -> np.ndarray:
     """
     Tq, Tk = s.shape[-2:]
     future = np.arange(Tk)[None, :] > (t0 + np.arange(Tq))[:, None]   # (Tq, Tk) bool
-    s = np.where(future, -np.inf, s)                       # (..., Tq, Tk)
-    s = s - s.max(axis=-1, keepdims=True)                  # shift: softmax is shift-invariant
-    e = np.exp(s)                                          # exp(-inf) = 0 for masked entries
-    return e / e.sum(axis=-1, keepdims=True)
+    return softmax(np.where(future, -np.inf, s))           # (..., Tq, Tk)
 
 
 def attention_forward(qkv: np.ndarray, n_heads: int, drop_rate: float = 0.0,
@@ -55,8 +68,7 @@ def attention_forward(qkv: np.ndarray, n_heads: int, drop_rate: float = 0.0,
     weights a (B, H, T, T). ``a`` is the largest tensor of a block (it grows with T^2); the backward
     needs it for the softmax Jacobian (eq. 6.7), and recomputing it would cost another q k^T.
     """
-    B, T, C3 = qkv.shape
-    C = C3 // 3
+    C = qkv.shape[-1] // 3
     q = split_heads(qkv[..., :C], n_heads)                 # (B, T, C) -> (B, H, T, hs)
     k = split_heads(qkv[..., C:2 * C], n_heads)            # (B, H, T, hs)
     v = split_heads(qkv[..., 2 * C:], n_heads)             # (B, H, T, hs)
@@ -85,8 +97,7 @@ def attention_backward(dout: np.ndarray, cache) -> np.ndarray:
     da = dy @ v.transpose(0, 1, 3, 2)                      # (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
     dv = a_drop.transpose(0, 1, 3, 2) @ dy                 # (B, H, T, T) @ (B, H, T, hs) -> (B, H, T, hs)
     da = dropout_backward(da, drop_cache)                  # (B, H, T, T)
-    ds = a * (da - (da * a).sum(axis=-1, keepdims=True))   # (B, H, T, T)   eq. 6.6
-    ds *= scale
+    ds = softmax_backward(da, a) * scale                   # (B, H, T, T)   eq. 6.6, then 6.7
     dq = ds @ k                                            # (B, H, T, T) @ (B, H, T, hs) -> (B, H, T, hs)
     dk = ds.transpose(0, 1, 3, 2) @ q                      # (B, H, T, hs)
     return np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)  # (B, T, 3C)
@@ -100,8 +111,7 @@ def attention_step(qkv: np.ndarray, n_heads: int, k_cache: np.ndarray, v_cache: 
     t0 + T cached positions with the same causal rule (query t0 + i sees keys <= t0 + i). No dropout
     and no backward: this path only generates.
     """
-    B, T, C3 = qkv.shape
-    C = C3 // 3
+    T, C = qkv.shape[1], qkv.shape[-1] // 3
     q = split_heads(qkv[..., :C], n_heads)                 # (B, H, T, hs)
     k_cache[:, :, t0:t0 + T] = split_heads(qkv[..., C:2 * C], n_heads)
     v_cache[:, :, t0:t0 + T] = split_heads(qkv[..., 2 * C:], n_heads)

@@ -17,7 +17,7 @@ def embedding_forward(idx: np.ndarray, wte: np.ndarray, wpe: np.ndarray, t0: int
     Cache: ``(idx, t0, V)``, the ids are all the backward needs: the embedding is a lookup, linear in
     the tables, so its Jacobian is a selection and no activation has to be kept.
     """
-    B, T = idx.shape
+    T = idx.shape[1]
     tok = wte[idx]                           # (B, T) -> (B, T, C)   gather rows of wte
     pos = wpe[t0:t0 + T]                     # (T, C)
     out = tok + pos                          # (B, T, C) + (T, C) -> (B, T, C)
