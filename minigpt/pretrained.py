@@ -1,0 +1,450 @@
+"""GPT-2 checkpoints in and out: Hugging Face safetensors, the book's converted files, names.
+
+    model = from_pretrained("gpt2")                       # download (or cache) OpenAI's 124M weights
+    model = from_pretrained("path/to/hf_dir", dtype=np.float64)   # config.json + model.safetensors
+    model = from_pretrained("gpt2-small-124M.safetensors")        # the book's converted file
+    save_pretrained(model, "out_dir")                     # loads in transformers' GPT2LMHeadModel
+
+Two naming schemes are read (after dropping a ``transformer.`` prefix):
+
+- **Hugging Face / OpenAI** (``wte.weight``, ``h.{i}.attn.c_attn.weight`` (C, 3C), ...): these are
+  minigpt's own names and layout (``x @ W``, GPT-2's Conv1D), so each tensor is copied as it is.
+- **The book's** (``tok_emb.weight``, ``trf_blocks.{i}.att.W_query.weight`` (C, C), ``ff.layers.0``,
+  ``norm1.scale``, ``final_norm.shift``, ``out_head.weight``, ...): PyTorch ``nn.Linear`` stores
+  (out, in), so each matrix is transposed, and W_query / W_key / W_value become the three column
+  blocks of ``c_attn`` (the split the book's ``load_weights_into_gpt`` undoes).
+
+Loading is strict: every tensor the configuration needs must be present with its shape, nothing
+unknown may be left over (stored attention masks, ``h.{i}.attn.bias`` / ``attn.masked_bias`` and the
+book's ``trf_blocks.{i}.att.mask``, are recognised buffers and skipped), and a head stored beside a
+config that says "tied" must equal ``wte``. Tensors are read from the file straight into the model's
+flat parameter buffer (``SafetensorsFile.read_into``), so the weights are not held twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from minigpt import download
+from minigpt.config import PRETRAINED_CONFIGS, GPTConfig
+from minigpt.model import GPTModel, param_shapes
+from minigpt.safetensors_io import SafetensorsError, SafetensorsFile, save_file
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+LN_EPS = 1e-5  # minigpt's layernorm epsilon (GPT-2's)
+# Heads of the four GPT-2 sizes, for files that come without a config (the book's converted ones).
+STANDARD_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}
+# Buffers some checkpoints store beside the weights: the causal mask and its fill value.
+_SKIP = re.compile(r"^(h\.\d+\.attn\.(bias|masked_bias)|trf_blocks\.\d+\.att\.mask)$")
+_PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Where (part of) one minigpt parameter comes from in the file.
+
+    ``key``: the tensor's name in the file; ``transpose``: stored (out, in), minigpt wants (in, out);
+    ``cols``: the column block of the parameter it fills (W_query/W_key/W_value -> c_attn), or None.
+    """
+
+    key: str
+    transpose: bool = False
+    cols: tuple[int, int] | None = None
+
+
+# --- configs ------------------------------------------------------------------------------------
+def config_from_hf(d: dict[str, Any], drop_rate: float | None = None) -> GPTConfig:
+    """A Hugging Face ``GPT2Config`` dict (config.json) -> GPTConfig, refusing what minigpt can't run.
+
+    A config written by ``save_pretrained`` also carries minigpt's own config under ``"minigpt"``
+    (it remembers ``qkv_bias=False``, which GPT-2's format cannot express).
+    """
+    if "emb_dim" in d:  # a minigpt GPTConfig dict (a training checkpoint's config.json)
+        cfg = GPTConfig.from_dict(d)
+        return cfg if drop_rate is None else cfg.replace(drop_rate=drop_rate)
+    if d.get("model_type", "gpt2") != "gpt2":
+        raise ValueError(f"config.json has model_type {d.get('model_type')!r}; minigpt reads GPT-2 "
+                         f"('gpt2') checkpoints only")
+    missing = [k for k in ("vocab_size", "n_embd", "n_head", "n_layer") if k not in d]
+    if missing or ("n_positions" not in d and "n_ctx" not in d):
+        raise ValueError(f"config.json lacks {missing or ['n_positions']}; is it a GPT-2 config?")
+    act = d.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        raise ValueError(f"config.json asks for activation {act!r}; minigpt implements GPT-2's tanh "
+                         f"GELU ('gelu_new') only")
+    eps = float(d.get("layer_norm_epsilon", LN_EPS))
+    if not math.isclose(eps, LN_EPS, rel_tol=1e-9):
+        raise ValueError(f"config.json has layer_norm_epsilon={eps}; minigpt's layernorm uses {LN_EPS}")
+    C = int(d["n_embd"])
+    if d.get("n_inner") not in (None, 4 * C):
+        raise ValueError(f"config.json has n_inner={d['n_inner']}; minigpt's MLP is 4 * n_embd = {4 * C}")
+    for flag, want in (("scale_attn_by_inverse_layer_idx", False), ("scale_attn_weights", True),
+                       ("add_cross_attention", False)):
+        if bool(d.get(flag, want)) != want:
+            raise ValueError(f"config.json sets {flag}={d[flag]}; minigpt supports {want} only")
+    own = d.get("minigpt") or {}
+    if drop_rate is None:  # pretrained weights run without dropout (the book's NEW_CONFIG, ch05)
+        drop_rate = 0.0
+    return GPTConfig(
+        vocab_size=int(d["vocab_size"]), context_length=int(d.get("n_positions", d.get("n_ctx"))),
+        emb_dim=C, n_heads=int(d["n_head"]), n_layers=int(d["n_layer"]), drop_rate=float(drop_rate),
+        qkv_bias=bool(own.get("qkv_bias", True)),
+        tie_weights=bool(d.get("tie_word_embeddings", True)),
+    )
+
+
+def config_to_hf(cfg: GPTConfig, dtype=np.float32) -> dict[str, Any]:
+    """GPTConfig -> a Hugging Face ``GPT2Config`` dict (what ``GPT2LMHeadModel`` reads)."""
+    eos = min(50256, cfg.vocab_size - 1)
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "activation_function": "gelu_new",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.context_length,
+        "n_ctx": cfg.context_length,
+        "n_embd": cfg.emb_dim,
+        "n_layer": cfg.n_layers,
+        "n_head": cfg.n_heads,
+        "n_inner": None,
+        "layer_norm_epsilon": LN_EPS,
+        "initializer_range": 0.02,
+        "resid_pdrop": cfg.drop_rate,
+        "embd_pdrop": cfg.drop_rate,
+        "attn_pdrop": cfg.drop_rate,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": cfg.tie_weights,
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+        "use_cache": True,
+        "torch_dtype": np.dtype(dtype).name,  # transformers 4.x reads this key ...
+        "dtype": np.dtype(dtype).name,        # ... and 5.x this one
+        "minigpt": cfg.to_dict(),
+    }
+
+
+# --- key mapping --------------------------------------------------------------------------------
+def _strip_prefix(keys: list[str]) -> dict[str, str]:
+    """file key -> canonical key: drop ``transformer.`` (GPT2LMHeadModel) and ``model.``/``module.``."""
+    out = {}
+    for k in keys:
+        c = k
+        for prefix in ("module.", "model.", "transformer."):
+            c = c.removeprefix(prefix)
+        if c in out.values():
+            raise SafetensorsError(f"the file holds {c!r} twice (with and without a prefix)")
+        out[k] = c
+    return out
+
+
+def detect_format(canonical: set[str]) -> str:
+    """'book' for the book's names (tok_emb, trf_blocks, ...), else 'hf'."""
+    return "book" if ("tok_emb.weight" in canonical or any(k.startswith("trf_blocks.")
+                                                            for k in canonical)) else "hf"
+
+
+def head_key(fmt: str) -> str:
+    return "out_head.weight" if fmt == "book" else "lm_head.weight"
+
+
+def mapping(cfg: GPTConfig, fmt: str) -> dict[str, list[Piece]]:
+    """minigpt parameter name -> the pieces of the file it is made of (canonical file keys)."""
+    if fmt == "hf":
+        return {name: [Piece(name)] for name in param_shapes(cfg)}
+    C = cfg.emb_dim
+    m: dict[str, list[Piece]] = {"wte.weight": [Piece("tok_emb.weight")],
+                                 "wpe.weight": [Piece("pos_emb.weight")]}
+    for i in range(cfg.n_layers):
+        h, b = f"h.{i}.", f"trf_blocks.{i}."
+        qkv = [(b + f"att.W_{w}", (j * C, (j + 1) * C)) for j, w in enumerate(("query", "key", "value"))]
+        m[h + "ln_1.weight"] = [Piece(b + "norm1.scale")]
+        m[h + "ln_1.bias"] = [Piece(b + "norm1.shift")]
+        m[h + "attn.c_attn.weight"] = [Piece(k + ".weight", True, cols) for k, cols in qkv]
+        if cfg.qkv_bias:
+            m[h + "attn.c_attn.bias"] = [Piece(k + ".bias", False, cols) for k, cols in qkv]
+        m[h + "attn.c_proj.weight"] = [Piece(b + "att.out_proj.weight", True)]
+        m[h + "attn.c_proj.bias"] = [Piece(b + "att.out_proj.bias")]
+        m[h + "ln_2.weight"] = [Piece(b + "norm2.scale")]
+        m[h + "ln_2.bias"] = [Piece(b + "norm2.shift")]
+        m[h + "mlp.c_fc.weight"] = [Piece(b + "ff.layers.0.weight", True)]
+        m[h + "mlp.c_fc.bias"] = [Piece(b + "ff.layers.0.bias")]
+        m[h + "mlp.c_proj.weight"] = [Piece(b + "ff.layers.2.weight", True)]
+        m[h + "mlp.c_proj.bias"] = [Piece(b + "ff.layers.2.bias")]
+    m["ln_f.weight"] = [Piece("final_norm.scale")]
+    m["ln_f.bias"] = [Piece("final_norm.shift")]
+    if not cfg.tie_weights:
+        m["lm_head.weight"] = [Piece("out_head.weight")]
+    return m
+
+
+def _piece_shape(piece: Piece, param_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape the file must store for ``piece`` of a parameter of ``param_shape``."""
+    shape = list(param_shape)
+    if piece.cols is not None:
+        shape[-1] = piece.cols[1] - piece.cols[0]
+    return tuple(reversed(shape)) if piece.transpose else tuple(shape)
+
+
+def infer_config(shapes: dict[str, tuple[int, ...]], fmt: str, n_heads: int | None = None,
+                 drop_rate: float | None = None) -> GPTConfig:
+    """A GPTConfig from the tensor shapes alone (files without config.json).
+
+    V, C come from the token embedding, T from the position embedding, L from the block indices,
+    qkv_bias from the presence of the q/k/v bias. The head count is not visible in any shape: it is
+    ``n_heads`` if given, else GPT-2's for that width (768 -> 12, 1024 -> 16, 1280 -> 20, 1600 -> 25).
+    Whether the head is tied is decided later, by comparing it with ``wte``.
+    """
+    wte, wpe = ("tok_emb.weight", "pos_emb.weight") if fmt == "book" else ("wte.weight", "wpe.weight")
+    for k in (wte, wpe):
+        if k not in shapes or len(shapes[k]) != 2:
+            raise ValueError(f"cannot infer the model's shape: the file has no 2-D {k!r} "
+                             f"(its first keys: {sorted(shapes)[:8]})")
+    (V, C), (T, C2) = shapes[wte], shapes[wpe]
+    if C != C2:
+        raise ValueError(f"{wte} is {shapes[wte]} but {wpe} is {shapes[wpe]}: widths differ")
+    block = r"^trf_blocks\.(\d+)\." if fmt == "book" else r"^h\.(\d+)\."
+    layers = {int(m.group(1)) for k in shapes if (m := re.match(block, k))}
+    if not layers:
+        raise ValueError("cannot infer the model's shape: the file holds no transformer blocks")
+    if n_heads is None:
+        if C not in STANDARD_HEADS:
+            raise ValueError(f"the file has no config.json and width {C} is not a GPT-2 size; pass "
+                             f"n_heads=... (the number of attention heads)")
+        n_heads = STANDARD_HEADS[C]
+    bias_key = "trf_blocks.0.att.W_query.bias" if fmt == "book" else "h.0.attn.c_attn.bias"
+    return GPTConfig(vocab_size=V, context_length=T, emb_dim=C, n_heads=int(n_heads),
+                     n_layers=max(layers) + 1, drop_rate=0.0 if drop_rate is None else drop_rate,
+                     qkv_bias=bias_key in shapes, tie_weights=True)
+
+
+# --- paths ----------------------------------------------------------------------------------------
+def resolve(path_or_name: str | os.PathLike, **download_kwargs) -> tuple[Path, dict | None, str | None]:
+    """-> (weights file, config dict or None, known GPT-2 name or None).
+
+    Accepts a directory (``model.safetensors`` + ``config.json``), a ``.safetensors`` file (its
+    sibling config.json is used only when the file is called model.safetensors), or a name from
+    ``minigpt.download.MODEL_NAMES`` (downloaded into the cache unless it is there already).
+    """
+    p = Path(path_or_name).expanduser()
+    name = None
+    if not p.exists() and str(path_or_name) in download.MODEL_NAMES:
+        name = str(path_or_name)
+        p = download.model_dir(name, **download_kwargs)
+    if p.is_dir():
+        weights = p / WEIGHTS_FILE
+        if not weights.is_file():
+            found = sorted(x.name for x in p.iterdir())[:10]
+            hint = ""
+            if any(f.endswith(_PICKLE_SUFFIXES) for f in found):
+                hint = (" It holds a PyTorch pickle file: minigpt never unpickles (it can run code); "
+                        "save the weights as safetensors first.")
+            raise FileNotFoundError(f"{p} has no {WEIGHTS_FILE} (it holds {found}).{hint}")
+        config_path = p / CONFIG_FILE
+    elif p.is_file():
+        if p.suffix.lower() in _PICKLE_SUFFIXES:
+            raise ValueError(f"{p} is a PyTorch pickle file; minigpt reads safetensors only (never "
+                             f"pickle, which can run code). The book's converted weights exist as "
+                             f"{p.stem}.safetensors beside the .pth on the hub")
+        weights = p
+        config_path = p.with_name(CONFIG_FILE) if p.name == WEIGHTS_FILE else None
+    else:
+        known = ", ".join(download.MODEL_NAMES)
+        raise FileNotFoundError(f"{path_or_name!s} is neither a file, a directory, nor a model name "
+                                f"({known})")
+    config = None
+    if config_path is not None and config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{config_path} is not valid JSON ({e})") from None
+    return weights, config, name
+
+
+# --- loading --------------------------------------------------------------------------------------
+def from_pretrained(path_or_name: str | os.PathLike, dtype=np.float32, *,
+                    drop_rate: float | None = None, n_heads: int | None = None,
+                    progress: bool = True, **download_kwargs) -> GPTModel:
+    """Load a GPT-2 checkpoint into a new GPTModel (float32 or float64).
+
+    ``path_or_name``: "gpt2" / "gpt2-medium" / "gpt2-large" / "gpt2-xl" (downloaded and cached, see
+    ``minigpt.download``), a Hugging Face GPT-2 directory or ``.safetensors`` file of any shape, the
+    book's converted ``gpt2-*.safetensors``, or a minigpt checkpoint directory.
+    ``drop_rate``: dropout for later finetuning (default 0.0, or the saved value for a minigpt config).
+    ``n_heads``: only for a file without config.json whose width is not one of GPT-2's.
+    Raises ValueError (SafetensorsError) naming every missing, unexpected or mis-shaped tensor.
+    """
+    weights, config, name = resolve(path_or_name, progress=progress, **download_kwargs)
+    with SafetensorsFile(weights) as f:
+        canon_of = _strip_prefix(f.keys())
+        key_of = {c: k for k, c in canon_of.items()}           # canonical -> key in the file
+        shapes = {c: f.shape(k) for k, c in canon_of.items()}
+        fmt = detect_format(set(shapes))
+        if config is not None:
+            cfg = config_from_hf(config, drop_rate)
+        elif name is not None:
+            cfg = PRETRAINED_CONFIGS[name]
+            cfg = cfg if drop_rate is None else cfg.replace(drop_rate=drop_rate)
+        else:
+            cfg = infer_config(shapes, fmt, n_heads, drop_rate)
+        head = head_key(fmt)
+        if config is None and head in shapes and not _equal(f, key_of[head], key_of[_wte(fmt)]):
+            cfg = cfg.replace(tie_weights=False)   # no config: a head that differs means untied
+        plan = mapping(cfg, fmt)
+        _check_keys(cfg, fmt, plan, shapes, str(weights), config is not None)
+        model = _empty_model(cfg, dtype)
+        for pname, pieces in plan.items():
+            dest = model.params[pname]
+            for pc in pieces:
+                key = key_of[pc.key]
+                if not pc.transpose and pc.cols is None:
+                    f.read_into(key, dest)                        # file -> flat buffer, no copy
+                else:
+                    view = dest if pc.cols is None else dest[..., pc.cols[0]:pc.cols[1]]
+                    view[...] = f.get(key, dtype).T if pc.transpose else f.get(key, dtype)
+        if config is not None and cfg.tie_weights and head in shapes and not _equal(f, key_of[head], key_of[_wte(fmt)]):
+            raise SafetensorsError(f"{weights}: the config says the LM head is tied to the token "
+                                   f"embedding, but the stored {head!r} differs from it")
+        if not cfg.qkv_bias and fmt == "hf" and "h.0.attn.c_attn.bias" in shapes:
+            for i in range(cfg.n_layers):
+                if np.any(f.get(key_of[f"h.{i}.attn.c_attn.bias"]) != 0):
+                    raise SafetensorsError(f"{weights}: config says qkv_bias=False but "
+                                           f"h.{i}.attn.c_attn.bias is not zero")
+    _check_finite(model, weights)
+    return model
+
+
+class _Uninitialised(GPTModel):
+    """GPTModel without the random init: drawing 124M normals costs ~5 s (1.5B: over a minute)
+    and every value would be overwritten by the file at once."""
+
+    def _init_weights(self, rng: np.random.Generator) -> None:
+        pass
+
+
+def _empty_model(cfg: GPTConfig, dtype) -> GPTModel:
+    model = _Uninitialised(cfg, seed=None, dtype=dtype)
+    model.__class__ = GPTModel  # the same object layout; only the skipped init differed
+    return model
+
+
+def _wte(fmt: str) -> str:
+    return "tok_emb.weight" if fmt == "book" else "wte.weight"
+
+
+def _equal(f: SafetensorsFile, a: str, b: str) -> bool:
+    """Two stored tensors equal, compared in row blocks (bounded memory for 50257 x 1600)."""
+    if f.shape(a) != f.shape(b):
+        return False
+    ma, mb = f.memmap(a), f.memmap(b)
+    step = max(1, (8 << 20) // max(1, ma[0].nbytes if ma.ndim else 1))
+    try:
+        return all(np.array_equal(ma[i:i + step], mb[i:i + step]) for i in range(0, len(ma), step))
+    finally:
+        del ma, mb
+
+
+def _check_keys(cfg: GPTConfig, fmt: str, plan: dict[str, list[Piece]],
+                shapes: dict[str, tuple[int, ...]], where: str, have_config: bool) -> None:
+    """Strict: all needed tensors present with their shapes, nothing unknown left over."""
+    pshapes = param_shapes(cfg)
+    needed = {pc.key: _piece_shape(pc, pshapes[p]) for p, pcs in plan.items() for pc in pcs}
+    allowed = set(needed)
+    allowed.add(head_key(fmt))  # a stored copy of a tied head is checked against wte
+    if not cfg.qkv_bias and fmt == "hf":
+        allowed |= {f"h.{i}.attn.c_attn.bias" for i in range(cfg.n_layers)}  # zeros; checked
+    missing = sorted(k for k in needed if k not in shapes)
+    unexpected = sorted(k for k in shapes if k not in allowed and not _SKIP.match(k))
+    wrong = [f"{k}: file {shapes[k]}, expected {s}" for k, s in needed.items()
+             if k in shapes and shapes[k] != s]
+    if head_key(fmt) in shapes and head_key(fmt) not in needed:
+        s, want = shapes[head_key(fmt)], (cfg.vocab_size, cfg.emb_dim)
+        if s != want:
+            wrong.append(f"{head_key(fmt)}: file {s}, expected {want}")
+    if missing or unexpected or wrong:
+        src = "its config.json" if have_config else "the shapes in the file"
+        parts = [f"{where} does not match the GPT-2 model described by {src} "
+                 f"({_describe(cfg)}; {fmt} names):"]
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if items:
+                more = f" ... and {len(items) - 12} more" if len(items) > 12 else ""
+                parts.append(f"  {label} ({len(items)}): {', '.join(items[:12])}{more}")
+        raise SafetensorsError("\n".join(parts))
+
+
+def _describe(cfg: GPTConfig) -> str:
+    return (f"V={cfg.vocab_size} T={cfg.context_length} C={cfg.emb_dim} H={cfg.n_heads} "
+            f"L={cfg.n_layers} qkv_bias={cfg.qkv_bias} tied={cfg.tie_weights}")
+
+
+def _check_finite(model: GPTModel, where: Path) -> None:
+    if np.isfinite(model.flat_params).all():
+        return
+    bad = [n for n, p in model.params.items() if not np.isfinite(p).all()]
+    raise SafetensorsError(f"{where}: non-finite values (NaN/inf) in {bad[:8]}; the file is corrupt "
+                           f"(or was saved from a diverged run)")
+
+
+def load_model(name_or_path_or_checkpoint: str | os.PathLike, dtype=np.float32,
+               **kwargs) -> GPTModel:
+    """The one entry point for commands (``minigpt generate/eval --model X``) -> GPTModel.
+
+    ``X`` may be a GPT-2 name ("gpt2", ...), a Hugging Face directory or .safetensors file, the
+    book's converted file, or a training run / checkpoint directory written by
+    ``minigpt.checkpoint`` (its ``state.json`` or ``latest`` pointer is recognised; the checkpoint's
+    sha256 records are verified).
+    """
+    p = Path(name_or_path_or_checkpoint).expanduser()
+    if p.is_dir() and ((p / "state.json").is_file() or (p / "latest").is_file()):
+        from minigpt.checkpoint import model_from_checkpoint
+        model, _ = model_from_checkpoint(p, dtype=dtype)
+        return model
+    return from_pretrained(name_or_path_or_checkpoint, dtype=dtype, **kwargs)
+
+
+# --- saving ---------------------------------------------------------------------------------------
+def hf_state(model: GPTModel, dtype=None) -> dict[str, np.ndarray]:
+    """The model's tensors under GPT2LMHeadModel's names (``transformer.`` prefix, ``lm_head``).
+
+    GPT-2's format has no switch for the q/k/v bias, so a model without one is written with a zero
+    ``c_attn.bias`` (the same function). A tied head is not stored (transformers re-ties it).
+    """
+    C = model.cfg.emb_dim
+    out: dict[str, np.ndarray] = {}
+    for name, arr in model.params.items():
+        key = name if name == "lm_head.weight" else "transformer." + name
+        out[key] = arr if dtype is None else arr.astype(dtype)
+    if not model.cfg.qkv_bias:
+        for i in range(model.cfg.n_layers):
+            out[f"transformer.h.{i}.attn.c_attn.bias"] = np.zeros(3 * C, dtype or model.dtype)
+    return out
+
+
+def save_pretrained(model: GPTModel, directory: str | os.PathLike, *, dtype=None) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` that ``GPT2LMHeadModel.from_pretrained``
+    loads (and ``from_pretrained`` here too). ``dtype``: cast on the way out (default: the model's).
+    Both files are written atomically. Returns the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(model.dtype)
+    if out_dtype not in (np.float32, np.float64, np.float16):
+        raise ValueError(f"save dtype must be float16, float32 or float64, got {out_dtype}")
+    save_file(hf_state(model, None if dtype is None else out_dtype), directory / WEIGHTS_FILE,
+              metadata={"format": "pt"})
+    text = json.dumps(config_to_hf(model.cfg, out_dtype), indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=directory)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, directory / CONFIG_FILE)
+    return directory
