@@ -1,0 +1,59 @@
+"""Compute kernels for minigpt: for each hot op a readable NumPy reference (``*_numpy``) and a
+Numba kernel (``*_numba``) with the same signature, float32 and float64, dtype-preserving.
+
+No model knowledge lives here: the model's layers (``minigpt/layers``) call these through
+``minigpt.backend`` when the Numba path is on (``MINIGPT_KERNELS=numba``, the default).
+
+``PAIRS`` maps each op name to its (numpy, numba) pair; tests and benchmarks walk it.
+Kernels compile lazily on first use (one specialisation per dtype/layout actually used) and
+cache their machine code on disk (``cache=True``), so a second process loads instead of compiling.
+"""
+
+from __future__ import annotations
+
+from kernels.adamw import adamw_step_numba, adamw_step_numpy, sumsq_numba, sumsq_numpy
+from kernels.attention import (
+    attention_backward_numba,
+    attention_backward_numpy,
+    attention_forward_numba,
+    attention_forward_numpy,
+)
+from kernels.cross_entropy import cross_entropy_numba, cross_entropy_numpy
+from kernels.embedding import embedding_backward_numba, embedding_backward_numpy
+from kernels.gelu import (
+    gelu_backward_numba,
+    gelu_backward_numpy,
+    gelu_forward_numba,
+    gelu_forward_numpy,
+)
+from kernels.layernorm import (
+    layernorm_backward_numba,
+    layernorm_backward_numpy,
+    layernorm_forward_numba,
+    layernorm_forward_numpy,
+)
+from kernels.matmul import matmul_numba, matmul_numpy
+from kernels.softmax import (
+    causal_softmax_backward_numba,
+    causal_softmax_backward_numpy,
+    causal_softmax_forward_numba,
+    causal_softmax_forward_numpy,
+)
+
+PAIRS = {
+    "causal_softmax_forward": (causal_softmax_forward_numpy, causal_softmax_forward_numba),
+    "causal_softmax_backward": (causal_softmax_backward_numpy, causal_softmax_backward_numba),
+    "attention_forward": (attention_forward_numpy, attention_forward_numba),
+    "attention_backward": (attention_backward_numpy, attention_backward_numba),
+    "layernorm_forward": (layernorm_forward_numpy, layernorm_forward_numba),
+    "layernorm_backward": (layernorm_backward_numpy, layernorm_backward_numba),
+    "gelu_forward": (gelu_forward_numpy, gelu_forward_numba),
+    "gelu_backward": (gelu_backward_numpy, gelu_backward_numba),
+    "cross_entropy": (cross_entropy_numpy, cross_entropy_numba),
+    "embedding_backward": (embedding_backward_numpy, embedding_backward_numba),
+    "adamw_step": (adamw_step_numpy, adamw_step_numba),
+    "sumsq": (sumsq_numpy, sumsq_numba),
+    "matmul": (matmul_numpy, matmul_numba),
+}
+
+__all__ = ["PAIRS"] + [f.__name__ for pair in PAIRS.values() for f in pair]
