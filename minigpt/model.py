@@ -119,6 +119,10 @@ class GPTModel:
         """The LM head's (V, C) weight: ``wte`` itself when tied."""
         return self.params["wte.weight" if self.cfg.tie_weights else "lm_head.weight"]
 
+    def _head_grad(self) -> np.ndarray:
+        """Where the LM head's (V, C) gradient accumulates: ``wte``'s gradient when tied."""
+        return self.grads["wte.weight" if self.cfg.tie_weights else "lm_head.weight"]
+
     def zero_grad(self) -> None:
         self.flat_grads[...] = 0
 
@@ -230,10 +234,9 @@ class GPTModel:
         del logits
         self.zero_grad()
         g = self.grads
-        dhead = g["wte.weight" if self.cfg.tie_weights else "lm_head.weight"]
-        # logits = x @ W_head^T: the gradient of W_head^T lands in dhead^T, a view. When tied,
-        # dhead IS wte's gradient, so it holds the sum of both uses (head + embedding lookup).
-        dx = linear_backward(dlogits, c_head, dhead.T, None)                    # (B, T, V) -> (B, T, C)
+        # logits = x @ W_head^T: the gradient of W_head^T lands in dhead^T, a view (eq. 9.1). When
+        # tied, dhead IS wte's gradient, so it holds the sum of both uses (eq. 9.2).
+        dx = linear_backward(dlogits, c_head, self._head_grad().T, None)       # (B, T, V) -> (B, T, C)
         del dlogits
         dx = layernorm_backward(dx, c_lnf, g["ln_f.weight"], g["ln_f.bias"])    # (B, T, C)
         for c, bg in zip(reversed(c_blocks), reversed(self._block_grads), strict=True):

@@ -1,0 +1,423 @@
+"""Finite-difference gradient checks: every hand-written backward against central differences.
+
+For an op y = f(x) with a hand-written backward, draw a random upstream gradient g (same shape as y)
+and define the scalar L(x) = sum(f(x) * g). Its true gradient is exactly what the backward returns
+when fed ``dout = g``. Numerically, for each element x_i (docs/derivations.md, eq. 10.1):
+
+    dL/dx_i  ~  (L(x + h e_i) - L(x - h e_i)) / (2 h),        h = 1e-5, in float64
+
+and the two must agree under the combined criterion (eq. 10.2)
+
+    |analytic - numeric| <= atol + rtol * |numeric|,           atol = 1e-7, rtol = 1e-5.
+
+Why these numbers. The error of a central difference is truncation, h^2 |L'''| / 6, plus round-off,
+about eps_mach * |L| / h (eps_mach = 2.2e-16; |L| is up to ~100 for the block checks, a sum over
+every output times a random upstream). With h = 1e-6 the round-off term dominates (measured worst
+case over the layer checks: 1.9e-8); h = 1e-5 balances the two (measured worst case 1.7e-9, with
+truncation ~1e-10 * |L'''|). atol = 1e-7 then sits ~60x above the measured noise floor and handles
+gradients that are exactly zero, like the key bias of attention, where a relative error means
+nothing; rtol = 1e-5 covers large gradients, whose round-off grows with them. A real bug moves a
+gradient by a sizeable fraction of itself: the negative controls below miss by 1e-3 to 2, far
+outside. Float64 is required: in float32 eps_mach is 6e-8 and the round-off term alone swamps the
+gradient.
+
+Every check here has a negative control (a deliberately wrong backward) that must FAIL the same
+criterion, proving the check can fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from minigpt.config import GPTConfig
+from minigpt.layers.attention import attention_backward, attention_forward, softmax, softmax_backward
+from minigpt.layers.block import block_backward, block_forward
+from minigpt.layers.dropout import dropout_backward, dropout_forward
+from minigpt.layers.embedding import embedding_backward, embedding_forward
+from minigpt.layers.gelu import gelu_backward, gelu_forward
+from minigpt.layers.layernorm import layernorm_backward, layernorm_forward
+from minigpt.layers.linear import linear_backward, linear_forward
+from minigpt.layers.loss import cross_entropy
+from minigpt.model import GPTModel
+
+EPS = 1e-5
+ATOL = 1e-7
+RTOL = 1e-5
+
+
+@dataclass
+class CheckResult:
+    """One tensor's comparison: analytic vs numerical gradient over ``n_checked`` elements."""
+
+    check: str          # which op or model variant
+    tensor: str         # which input or parameter
+    equation: str       # where docs/derivations.md derives the backward
+    n_checked: int
+    max_abs_err: float
+    max_rel_err: float
+    passed: bool
+
+
+def compare(check: str, tensor: str, analytic: np.ndarray, numeric: np.ndarray, equation: str = "",
+            atol: float = ATOL, rtol: float = RTOL) -> CheckResult:
+    """Apply the combined criterion (eq. 10.2) element by element."""
+    a = np.asarray(analytic, dtype=np.float64).reshape(-1)
+    n = np.asarray(numeric, dtype=np.float64).reshape(-1)
+    err = np.abs(a - n)
+    denom = np.maximum(np.abs(a), np.abs(n))
+    rel = np.divide(err, denom, out=np.zeros_like(err), where=denom > 0)
+    passed = bool(np.all(err <= atol + rtol * np.abs(n)))
+    return CheckResult(check, tensor, equation, a.size, float(err.max(initial=0.0)),
+                       float(rel.max(initial=0.0)), passed)
+
+
+def numerical_gradient(L: Callable[[], float], x: np.ndarray, indices=None, eps: float = EPS) -> np.ndarray:
+    """Central differences of the scalar ``L()`` with respect to the elements of ``x`` (eq. 10.1).
+
+    ``x`` is perturbed in place (and restored), so ``L`` must read it. ``indices`` (flat) limits the
+    walk to a sample of elements; the default is every element.
+    """
+    if x.dtype != np.float64:
+        raise ValueError(f"gradient checks run in float64 (round-off would swamp a float32 check); "
+                         f"got {x.dtype}")
+    flat = x.reshape(-1)
+    if not np.shares_memory(flat, x):
+        raise ValueError("x must be contiguous so that it can be perturbed in place")
+    indices = range(flat.size) if indices is None else indices
+    out = np.empty(len(indices))
+    for n, i in enumerate(indices):
+        old = flat[i]
+        flat[i] = old + eps
+        lp = L()
+        flat[i] = old - eps
+        lm = L()
+        flat[i] = old
+        out[n] = (lp - lm) / (2 * eps)
+    return out
+
+
+def check_op(check: str, forward: Callable[..., np.ndarray], backward: Callable[..., dict],
+             inputs: dict[str, np.ndarray], equation: str, seed: int = 0) -> list[CheckResult]:
+    """Check an op given as ``forward(**inputs) -> y`` and ``backward(g, **inputs) -> {name: dname}``.
+
+    The upstream gradient g is random normal (a fixed seed); every input named in the backward's
+    result is checked over every element.
+    """
+    rng = np.random.default_rng(seed)
+    y = forward(**inputs)
+    g = rng.standard_normal(np.shape(y))
+    analytic = backward(g, **inputs)
+
+    def L() -> float:
+        return float(np.sum(forward(**inputs) * g))
+
+    return [compare(check, name, grad, numerical_gradient(L, inputs[name]), equation)
+            for name, grad in analytic.items()]
+
+
+# --- the layer checks -------------------------------------------------------------------------------
+# Each returns (forward, backward, inputs, equation). Shapes are small and odd on purpose.
+
+def _embedding_case(rng, backward=embedding_backward):
+    idx = np.array([[3, 1, 3, 0], [1, 1, 4, 3]])           # repeated ids on purpose (eq. 1.2)
+    inputs = {"wte": rng.standard_normal((5, 6)), "wpe": rng.standard_normal((7, 6))}
+
+    def fwd(wte, wpe):
+        return embedding_forward(idx, wte, wpe)[0]
+
+    def bwd(g, wte, wpe):
+        _, cache = embedding_forward(idx, wte, wpe)
+        dwte, dwpe = np.zeros_like(wte), np.zeros_like(wpe)
+        backward(g, cache, dwte, dwpe)
+        return {"wte": dwte, "wpe": dwpe}
+    return fwd, bwd, inputs, "1.2-1.3"
+
+
+def _layernorm_case(rng, backward=layernorm_backward):
+    inputs = {"x": rng.standard_normal((2, 3, 7)) * 2 + 0.5, "w": rng.standard_normal(7),
+              "b": rng.standard_normal(7)}
+
+    def fwd(x, w, b):
+        return layernorm_forward(x, w, b)[0]
+
+    def bwd(g, x, w, b):
+        _, cache = layernorm_forward(x, w, b)
+        dw, db = np.zeros_like(w), np.zeros_like(b)
+        dx = backward(g, cache, dw, db)
+        return {"x": dx, "w": dw, "b": db}
+    return fwd, bwd, inputs, "2.4-2.6"
+
+
+def _linear_case(rng, bias=True):
+    inputs = {"x": rng.standard_normal((2, 3, 5)), "w": rng.standard_normal((5, 4))}
+    if bias:
+        inputs["b"] = rng.standard_normal(4)
+
+    def fwd(x, w, b=None):
+        return linear_forward(x, w, b)[0]
+
+    def bwd(g, x, w, b=None):
+        _, cache = linear_forward(x, w, b)
+        dw = np.zeros_like(w)
+        db = None if b is None else np.zeros_like(b)
+        dx = linear_backward(g, cache, dw, db)
+        return {"x": dx, "w": dw} | ({} if b is None else {"b": db})
+    return fwd, bwd, inputs, "3.2-3.4"
+
+
+def _gelu_case(rng, backward=gelu_backward):
+    inputs = {"x": rng.standard_normal((3, 11)) * 2}
+
+    def fwd(x):
+        return gelu_forward(x)[0]
+
+    def bwd(g, x):
+        return {"x": backward(g, gelu_forward(x)[1])}
+    return fwd, bwd, inputs, "4.2"
+
+
+def _dropout_case(rng):
+    inputs = {"x": rng.standard_normal((4, 9))}
+
+    def fwd(x):   # a fresh Generator with one seed for every evaluation: one fixed mask
+        return dropout_forward(x, 0.3, np.random.default_rng(7))[0]
+
+    def bwd(g, x):
+        return {"x": dropout_backward(g, dropout_forward(x, 0.3, np.random.default_rng(7))[1])}
+    return fwd, bwd, inputs, "5.2"
+
+
+def _softmax_case(rng, backward=softmax_backward):
+    inputs = {"s": rng.standard_normal((3, 6)) * 2}
+
+    def fwd(s):
+        return softmax(s)
+
+    def bwd(g, s):
+        return {"s": backward(g, softmax(s))}
+    return fwd, bwd, inputs, "6.6"
+
+
+def _attention_case(rng, drop_rate=0.0, n_heads=3, hs=4, T=5):
+    C = n_heads * hs
+    inputs = {"qkv": rng.standard_normal((2, T, 3 * C))}
+
+    def fwd(qkv):
+        return attention_forward(qkv, n_heads, drop_rate, np.random.default_rng(3))[0]
+
+    def bwd(g, qkv):
+        _, cache = attention_forward(qkv, n_heads, drop_rate, np.random.default_rng(3))
+        return {"qkv": attention_backward(g, cache)}
+    return fwd, bwd, inputs, "6.5-6.7"
+
+
+def _cross_entropy_case(rng, loss_fn=cross_entropy):
+    targets = np.array([[2, 0, -100, 4], [-100, 1, 1, 3]])   # two ignored positions
+    inputs = {"logits": rng.standard_normal((2, 4, 5)) * 3}
+
+    def fwd(logits):
+        return np.array(loss_fn(logits, targets)[0])
+
+    def bwd(g, logits):
+        return {"logits": loss_fn(logits, targets)[1] * g}
+    return fwd, bwd, inputs, "7.3"
+
+
+def _block_params(rng, C, qkv_bias=True):
+    p = {"ln_1.weight": 1 + 0.1 * rng.standard_normal(C), "ln_1.bias": 0.1 * rng.standard_normal(C),
+         "attn.c_attn.weight": rng.standard_normal((C, 3 * C)) / np.sqrt(C),
+         "attn.c_proj.weight": rng.standard_normal((C, C)) / np.sqrt(C),
+         "attn.c_proj.bias": 0.1 * rng.standard_normal(C),
+         "ln_2.weight": 1 + 0.1 * rng.standard_normal(C), "ln_2.bias": 0.1 * rng.standard_normal(C),
+         "mlp.c_fc.weight": rng.standard_normal((C, 4 * C)) / np.sqrt(C),
+         "mlp.c_fc.bias": 0.1 * rng.standard_normal(4 * C),
+         "mlp.c_proj.weight": rng.standard_normal((4 * C, C)) / np.sqrt(4 * C),
+         "mlp.c_proj.bias": 0.1 * rng.standard_normal(C)}
+    if qkv_bias:
+        p["attn.c_attn.bias"] = 0.1 * rng.standard_normal(3 * C)
+    return p
+
+
+def _block_case(rng, drop_rate=0.0, n_heads=2, C=8, T=5):
+    inputs = {"x": rng.standard_normal((2, T, C))} | _block_params(rng, C)
+
+    def fwd(x, **p):
+        return block_forward(x, p, n_heads, drop_rate, np.random.default_rng(11))[0]
+
+    def bwd(g, x, **p):
+        _, cache = block_forward(x, p, n_heads, drop_rate, np.random.default_rng(11))
+        grads = {k: np.zeros_like(v) for k, v in p.items()}
+        dx = block_backward(g, cache, grads)
+        return {"x": dx} | grads
+    return fwd, bwd, inputs, "8.1-8.3"
+
+
+LAYER_CASES: dict[str, Callable] = {
+    "embedding (repeated ids)": _embedding_case,
+    "layernorm": _layernorm_case,
+    "linear": _linear_case,
+    "linear (no bias)": lambda rng: _linear_case(rng, bias=False),
+    "gelu": _gelu_case,
+    "dropout (p=0.3, fixed mask)": _dropout_case,
+    "softmax": _softmax_case,
+    "attention": _attention_case,
+    "attention (dropout 0.3)": lambda rng: _attention_case(rng, drop_rate=0.3),
+    "cross-entropy (-100 ignored)": _cross_entropy_case,
+    "block": _block_case,
+    "block (dropout 0.2)": lambda rng: _block_case(rng, drop_rate=0.2),
+}
+
+
+def check_layer(name: str, seed: int = 0) -> list[CheckResult]:
+    fwd, bwd, inputs, eq = LAYER_CASES[name](np.random.default_rng(seed))
+    return check_op(name, fwd, bwd, inputs, eq, seed)
+
+
+# --- the whole model --------------------------------------------------------------------------------
+
+TINY = GPTConfig(vocab_size=13, context_length=8, emb_dim=8, n_heads=2, n_layers=2, drop_rate=0.0,
+                 qkv_bias=True, tie_weights=False)
+
+
+def _randomise(model: GPTModel, rng: np.random.Generator) -> None:
+    """Non-trivial, well-conditioned weights: layernorm scales near 1, biases nonzero, matrices
+    ~ 1/sqrt(fan_in), so no gradient is degenerate and finite differences stay accurate."""
+    for name, p in model.params.items():
+        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            p[...] = 1 + 0.1 * rng.standard_normal(p.shape)
+        elif name.endswith(".bias"):
+            p[...] = 0.1 * rng.standard_normal(p.shape)
+        else:
+            p[...] = rng.standard_normal(p.shape) / np.sqrt(p.shape[-1] if p.ndim == 2 else 1)
+
+
+def check_model(cfg: GPTConfig = TINY, seed: int = 0, model_cls=GPTModel, max_per_tensor: int | None = None,
+                label: str | None = None) -> list[CheckResult]:
+    """Check ``loss_and_grads`` against central differences of ``loss`` over the flat parameter
+    vector: every element of every parameter (or ``max_per_tensor`` sampled ones).
+
+    The input ids are integers and have no gradient; the model's continuous input is the embedding
+    table, whose rows the ids select, so the wte / wpe rows checked here are the input gradient.
+    Dropout, when cfg.drop_rate > 0, uses a Generator re-created from one seed at every evaluation.
+    The targets include one -100.
+    """
+    rng = np.random.default_rng(seed)
+    model = model_cls(cfg, seed=seed, dtype=np.float64)
+    _randomise(model, rng)
+    B, T = 2, cfg.context_length - 1
+    idx = rng.integers(0, cfg.vocab_size, (B, T))
+    idx[0, :2] = idx[0, 2]                                      # repeated ids
+    targets = rng.integers(0, cfg.vocab_size, (B, T))
+    targets[1, 0] = -100
+
+    def L() -> float:
+        drop_rng = np.random.default_rng(99) if cfg.drop_rate > 0 else None
+        return model.loss_and_grads(idx, targets, rng=drop_rng)[0] if drop_rng else model.loss(idx, targets)
+
+    drop_rng = np.random.default_rng(99) if cfg.drop_rate > 0 else None
+    model.loss_and_grads(idx, targets, rng=drop_rng)
+    analytic = model.flat_grads.copy()
+    label = label or (f"model ({'tied' if cfg.tie_weights else 'untied'}, dropout {cfg.drop_rate})")
+    results, offset = [], 0
+    for name, shape in model.shapes.items():
+        size = int(np.prod(shape))
+        if max_per_tensor is None or size <= max_per_tensor:
+            local = np.arange(size)
+        else:
+            local = np.sort(rng.choice(size, max_per_tensor, replace=False))
+        numeric = numerical_gradient(L, model.flat_params, offset + local)
+        results.append(compare(label, name, analytic[offset + local], numeric,
+                               "9.1-9.2" if name in ("wte.weight", "lm_head.weight") else "9"))
+        offset += size
+    return results
+
+
+MODEL_VARIANTS: dict[str, GPTConfig] = {
+    "untied": TINY,
+    "tied": TINY.replace(tie_weights=True),
+    "untied, dropout 0.2": TINY.replace(drop_rate=0.2),
+    "tied, dropout 0.2, no qkv bias": TINY.replace(drop_rate=0.2, tie_weights=True, qkv_bias=False),
+}
+
+
+# --- negative controls: deliberately wrong backwards that the checker must catch --------------------
+
+def _layernorm_backward_no_mean(dout, cache, dw, db):
+    """BUG: drops the -mean(g) term of eq. 2.6 (forgets that mu depends on every x)."""
+    xhat, w, rstd = cache
+    C = xhat.shape[-1]
+    dw += (dout * xhat).reshape(-1, C).sum(axis=0)
+    db += dout.reshape(-1, C).sum(axis=0)
+    g = dout * w
+    return rstd * (g - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+
+
+def _embedding_backward_fancy_index(dout, cache, dwte, dwpe):
+    """BUG: ``dwte[idx] += dout`` - fancy-index assignment keeps only one of a repeated id's rows."""
+    idx, t0 = cache
+    dwte[idx] += dout
+    dwpe[t0:t0 + idx.shape[1]] += dout.sum(axis=0)
+
+
+def _softmax_backward_no_jacobian(da, a):
+    """BUG: treats softmax like an elementwise op, ds = a * da, without the -a a^T part."""
+    return a * da
+
+
+def _gelu_backward_no_tanh_derivative(dout, cache):
+    """BUG: keeps only 0.5 (1 + tanh u), as if tanh(u) did not depend on x."""
+    x, th = cache
+    return dout * x.dtype.type(0.5) * (1 + th)
+
+
+def _cross_entropy_counts_ignored(logits, targets):
+    """BUG: the loss averages over counted positions, but the gradient divides by every position,
+    ignored ones included (N too large in eq. 7.3)."""
+    loss, dlogits = cross_entropy(logits, targets)
+    n_counted, n_all = int((targets != -100).sum()), targets.size
+    return loss, dlogits * n_counted / n_all
+
+
+class _HeadGradientLost(GPTModel):
+    """BUG: a tied head that keeps only the embedding's gradient, dropping the head's use."""
+
+    def _head_grad(self):
+        return np.zeros_like(self.params["wte.weight"])
+
+
+NEGATIVE_CONTROLS: dict[str, Callable[[], list[CheckResult]]] = {
+    "layernorm backward without its mean term": lambda: check_op(
+        "NEG layernorm", *_layernorm_case(np.random.default_rng(0), _layernorm_backward_no_mean)),
+    "embedding backward that loses repeated ids": lambda: check_op(
+        "NEG embedding", *_embedding_case(np.random.default_rng(0), _embedding_backward_fancy_index)),
+    "softmax backward without its Jacobian": lambda: check_op(
+        "NEG softmax", *_softmax_case(np.random.default_rng(0), _softmax_backward_no_jacobian)),
+    "GELU backward without the tanh derivative": lambda: check_op(
+        "NEG gelu", *_gelu_case(np.random.default_rng(0), _gelu_backward_no_tanh_derivative)),
+    "cross-entropy that counts ignored targets": lambda: check_op(
+        "NEG cross-entropy", *_cross_entropy_case(np.random.default_rng(0), _cross_entropy_counts_ignored)),
+    "tied head that takes only one of its two gradients": lambda: check_model(
+        TINY.replace(tie_weights=True), model_cls=_HeadGradientLost, label="NEG tied head"),
+}
+
+
+def run_all(include_model: bool = True, include_negative: bool = True):
+    """Every layer check, the model variants and the negative controls.
+
+    Returns (results, negatives) where negatives maps each control to (caught, its results).
+    """
+    results: list[CheckResult] = []
+    for name in LAYER_CASES:
+        results += check_layer(name)
+    if include_model:
+        for key, cfg in MODEL_VARIANTS.items():
+            results += check_model(cfg, label=f"model ({key})")
+    negatives = {}
+    if include_negative:
+        for name, run in NEGATIVE_CONTROLS.items():
+            res = run()
+            negatives[name] = (not all(r.passed for r in res), res)
+    return results, negatives
