@@ -22,3 +22,14 @@ from minigpt.config import (  # noqa: F401
 )
 from minigpt.model import GPTModel  # noqa: F401, E402
 from minigpt.kv_cache import KVCache  # noqa: F401, E402
+
+# --- tokenizer and data ---
+from minigpt.tokenizer import Tokenizer  # noqa: F401, E402
+from minigpt.simple_tokenizer import SimpleTokenizerV1, SimpleTokenizerV2  # noqa: F401, E402
+from minigpt.data import (  # noqa: F401, E402
+    DataLoader,
+    GPTDatasetV1,
+    create_dataloader_v1,
+    train_val_split,
+    windows,
+)
