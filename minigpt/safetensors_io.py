@@ -283,7 +283,7 @@ def save_file(tensors: Mapping[str, np.ndarray], path: str | os.PathLike,
         code = _CODES.get(le.str)
         if code is None:
             raise ValueError(f"tensor {name!r}: dtype {a.dtype} cannot be stored in safetensors")
-        a = np.ascontiguousarray(a, dtype=le)
+        a = np.require(a, dtype=le, requirements="C")  # (ascontiguousarray would make 0-d 1-d)
         header[name] = {"dtype": code, "shape": list(a.shape),
                         "data_offsets": [cursor, cursor + a.nbytes]}
         cursor += a.nbytes
