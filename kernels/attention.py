@@ -21,7 +21,9 @@ out/dq/dk/dv, so there are no races, and (T, hs) tiles are copied to contiguous 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from kernels._dispatch import AnyLayout
 
 from kernels.softmax import causal_softmax_backward_numpy, causal_softmax_forward_numpy
 
@@ -77,7 +79,6 @@ def attention_backward_numpy(dout, q, k, v, att, drop_mask=None, dq=None, dk=Non
 
 
 # ----------------------------------------------------------------------------- Numba kernels
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _attn_fwd(q, k, v, mask, use_mask, out, att):
     B, H, Tq, hs = q.shape
     Tk = k.shape[2]
@@ -130,7 +131,6 @@ def _attn_fwd(q, k, v, mask, use_mask, out, att):
                 out[b, h, i, d] = acc[d]
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _attn_bwd(dout, q, k, v, att, mask, use_mask, dq, dk, dv):
     B, H, Tq, hs = q.shape
     Tk = k.shape[2]
@@ -187,6 +187,12 @@ def _attn_bwd(dout, q, k, v, att, mask, use_mask, dq, dk, dv):
             for d in range(hs):
                 dk[b, h, j, d] = dK[j, d]
                 dv[b, h, j, d] = dV[j, d]
+
+
+# q, k, v, out (and dout, dq, dk, dv) are usually strided views: one compile per dtype, any layout.
+_attn_fwd = AnyLayout(_attn_fwd, (0, 1, 2, 5), parallel=True, cache=True, fastmath=FASTMATH)
+_attn_bwd = AnyLayout(_attn_bwd, (0, 1, 2, 3, 7, 8, 9), parallel=True, cache=True,
+                      fastmath=FASTMATH)
 
 
 def _dummy_mask(dtype) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Layer normalisation over the last axis, forward and backward.
 
-Shapes: x (N, C) (any leading dims are flattened into N), w, b (C,).
+Shapes: x (..., C), w, b (C,); N = prod(leading dims).
     mean = sum_c x / C;  rstd = 1 / sqrt(var + eps) (biased variance);  xhat = (x - mean) * rstd
     out = xhat * w + b
+The forward returns ``(out, xhat, rstd)`` with rstd shaped (..., 1): exactly the cache
+``minigpt.layers.layernorm`` keeps, so either backward can consume either forward.
 backward (adds into dw, db; returns dx):
     db += sum_n dout;   dw += sum_n dout * xhat
     g = dout * w;   dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat))
@@ -30,35 +32,30 @@ def _check(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> None:
 
 # ----------------------------------------------------------------------------- NumPy reference
 def layernorm_forward_numpy(x, w, b, eps=1e-5):
-    """x (..., C) -> (out (..., C), mean (N,), rstd (N,)) with N = prod(leading dims)."""
+    """x (..., C) -> (out (..., C), xhat (..., C), rstd (..., 1))."""
     _check(x, w, b)
-    x2 = x.reshape(-1, x.shape[-1])                                   # (N, C)
-    mean = x2.mean(axis=-1)                                           # (N,)
-    xc = x2 - mean[:, None]                                           # (N, C)
-    var = (xc * xc).mean(axis=-1)                                     # (N,)
-    rstd = (1.0 / np.sqrt(var + eps)).astype(x.dtype)                 # (N,)
-    out = xc * rstd[:, None] * w + b                                  # (N, C)
-    return out.reshape(x.shape), mean, rstd
+    mean = x.mean(axis=-1, keepdims=True)                             # (..., 1)
+    xc = x - mean                                                     # (..., C)
+    var = (xc * xc).mean(axis=-1, keepdims=True)                      # (..., 1)
+    rstd = 1.0 / np.sqrt(var + x.dtype.type(eps))                     # (..., 1)
+    xhat = xc * rstd                                                  # (..., C)
+    return xhat * w + b, xhat, rstd
 
 
-def layernorm_backward_numpy(dout, x, w, mean, rstd, dw, db):
-    """Adds dL/dw into dw and dL/db into db; returns dx with x's shape."""
-    _check(x, w)
-    C = x.shape[-1]
-    x2 = x.reshape(-1, C)                                             # (N, C)
-    d2 = dout.reshape(-1, C)                                          # (N, C)
-    xhat = (x2 - mean[:, None]) * rstd[:, None]                       # (N, C)
-    db += d2.sum(axis=0)
-    dw += (d2 * xhat).sum(axis=0)
-    g = d2 * w                                                        # (N, C)
-    dx = rstd[:, None] * (g - g.mean(axis=-1, keepdims=True)
-                          - xhat * (g * xhat).mean(axis=-1, keepdims=True))
-    return dx.reshape(x.shape)
+def layernorm_backward_numpy(dout, xhat, w, rstd, dw, db):
+    """Adds dL/dw into dw and dL/db into db; returns dx (..., C)."""
+    _check(xhat, w)
+    C = xhat.shape[-1]
+    db += dout.reshape(-1, C).sum(axis=0)                             # (C,)
+    dw += (dout * xhat).reshape(-1, C).sum(axis=0)                    # (C,)
+    g = dout * w                                                      # (..., C)
+    return rstd * (g - g.mean(axis=-1, keepdims=True)
+                   - xhat * (g * xhat).mean(axis=-1, keepdims=True))
 
 
 # ----------------------------------------------------------------------------- Numba kernels
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _ln_fwd(x, w, b, eps, out, mean, rstd):
+def _ln_fwd(x, w, b, eps, out, xhat, rstd):
     N, C = x.shape
     dt = x.dtype.type
     invC = dt(1.0 / C)
@@ -74,15 +71,16 @@ def _ln_fwd(x, w, b, eps, out, mean, rstd):
         v *= invC
         r = dt(1.0) / np.sqrt(v + dt(eps))
         for c in range(C):
-            out[n, c] = (x[n, c] - m) * r * w[c] + b[c]
-        mean[n] = m
+            xh = (x[n, c] - m) * r
+            xhat[n, c] = xh
+            out[n, c] = xh * w[c] + b[c]
         rstd[n] = r
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _ln_bwd(dout, x, w, mean, rstd, dx, dw_part, db_part, rows_per_chunk):
-    N, C = x.shape
-    dt = x.dtype.type
+def _ln_bwd(dout, xhat, w, rstd, dx, dw_part, db_part, rows_per_chunk):
+    N, C = xhat.shape
+    dt = xhat.dtype.type
     invC = dt(1.0 / C)
     n_chunks = dw_part.shape[0]
     for ch in prange(n_chunks):
@@ -94,22 +92,21 @@ def _ln_bwd(dout, x, w, mean, rstd, dx, dw_part, db_part, rows_per_chunk):
         start = ch * rows_per_chunk
         stop = min(N, start + rows_per_chunk)
         for n in range(start, stop):
-            m = mean[n]
-            r = rstd[n]
             sg = dt(0.0)
             sgx = dt(0.0)
             for c in range(C):
-                xh = (x[n, c] - m) * r
-                g = dout[n, c] * w[c]
+                d = dout[n, c]
+                xh = xhat[n, c]
+                g = d * w[c]
                 sg += g
                 sgx += g * xh
-                pb[c] += dout[n, c]
-                pw[c] += dout[n, c] * xh
+                pb[c] += d
+                pw[c] += d * xh
             sg *= invC
             sgx *= invC
+            r = rstd[n]
             for c in range(C):
-                xh = (x[n, c] - m) * r
-                dx[n, c] = r * (dout[n, c] * w[c] - sg - xh * sgx)
+                dx[n, c] = r * (dout[n, c] * w[c] - sg - xhat[n, c] * sgx)
 
 
 def layernorm_forward_numba(x, w, b, eps=1e-5):
@@ -117,27 +114,27 @@ def layernorm_forward_numba(x, w, b, eps=1e-5):
     _check(x, w, b)
     C = x.shape[-1]
     x2 = np.ascontiguousarray(x).reshape(-1, C)                       # (N, C)
-    N = x2.shape[0]
     out = np.empty_like(x2)
-    mean = np.empty(N, dtype=x.dtype)
-    rstd = np.empty(N, dtype=x.dtype)
-    _ln_fwd(x2, np.ascontiguousarray(w), np.ascontiguousarray(b), eps, out, mean, rstd)
-    return out.reshape(x.shape), mean, rstd
+    xhat = np.empty_like(x2)
+    rstd = np.empty(x2.shape[0], dtype=x.dtype)
+    _ln_fwd(x2, np.ascontiguousarray(w), np.ascontiguousarray(b), eps, out, xhat, rstd)
+    return out.reshape(x.shape), xhat.reshape(x.shape), rstd.reshape(*x.shape[:-1], 1)
 
 
-def layernorm_backward_numba(dout, x, w, mean, rstd, dw, db):
+def layernorm_backward_numba(dout, xhat, w, rstd, dw, db):
     """Same contract as :func:`layernorm_backward_numpy` (race-free chunked dw/db partials)."""
-    _check(x, w)
-    C = x.shape[-1]
-    x2 = np.ascontiguousarray(x).reshape(-1, C)                       # (N, C)
-    d2 = np.ascontiguousarray(dout, dtype=x.dtype).reshape(-1, C)     # (N, C)
-    N = x2.shape[0]
+    _check(xhat, w)
+    C = xhat.shape[-1]
+    xh = np.ascontiguousarray(xhat).reshape(-1, C)                    # (N, C)
+    d2 = np.ascontiguousarray(dout, dtype=xhat.dtype).reshape(-1, C)  # (N, C)
+    N = xh.shape[0]
     rows_per_chunk = max(16, -(-N // 64))
     n_chunks = -(-N // rows_per_chunk)
-    dw_part = np.empty((n_chunks, C), dtype=x.dtype)
-    db_part = np.empty((n_chunks, C), dtype=x.dtype)
-    dx = np.empty_like(x2)
-    _ln_bwd(d2, x2, np.ascontiguousarray(w), mean, rstd, dx, dw_part, db_part, rows_per_chunk)
+    dw_part = np.empty((n_chunks, C), dtype=xhat.dtype)
+    db_part = np.empty((n_chunks, C), dtype=xhat.dtype)
+    dx = np.empty_like(xh)
+    r = np.ascontiguousarray(rstd, dtype=xhat.dtype).reshape(-1)      # (N,)
+    _ln_bwd(d2, xh, np.ascontiguousarray(w), r, dx, dw_part, db_part, rows_per_chunk)
     dw += dw_part.sum(axis=0)
     db += db_part.sum(axis=0)
-    return dx.reshape(x.shape)
+    return dx.reshape(xhat.shape)

@@ -129,40 +129,60 @@ def test_layernorm(dtype, shape):
     ref = K.layernorm_forward_numpy(x, w, b)
     got = K.layernorm_forward_numba(x, w, b)
     for g, r in zip(got, ref, strict=True):
+        assert g.shape == r.shape
         same_dtype(g, dtype=dtype)
         close(g, r, dtype)
     dout = rng.normal(size=shape).astype(dtype)
     dw_ref, db_ref = np.full(C, 0.5, dtype), np.full(C, -0.25, dtype)  # backward ADDs
     dw, db = dw_ref.copy(), db_ref.copy()
-    dx_ref = K.layernorm_backward_numpy(dout, x, w, ref[1], ref[2], dw_ref, db_ref)
-    dx = K.layernorm_backward_numba(dout, x, w, got[1], got[2], dw, db)
+    dx_ref = K.layernorm_backward_numpy(dout, ref[1], w, ref[2], dw_ref, db_ref)
+    dx = K.layernorm_backward_numba(dout, got[1], w, got[2], dw, db)
     same_dtype(dx, dw, db, dtype=dtype)
     close(dx, dx_ref, dtype)
     close(dw, dw_ref, dtype, scale=10)
     close(db, db_ref, dtype, scale=10)
 
 
+def test_layernorm_backward_by_finite_differences():
+    rng = np.random.default_rng(11)
+    x, w, b = rng.normal(size=(3, 6)), rng.normal(size=6), rng.normal(size=6)
+    up = rng.normal(size=(3, 6))
+    _, xhat, rstd = K.layernorm_forward_numba(x, w, b)
+    dw, db = np.zeros(6), np.zeros(6)
+    dx = K.layernorm_backward_numba(up, xhat, w, rstd, dw, db)
+    for arr, grad in ((x, dx), (w, dw), (b, db)):
+        num = np.zeros_like(arr)
+        for i in np.ndindex(arr.shape):
+            old = arr[i]
+            arr[i] = old + 1e-6
+            fp = np.sum(K.layernorm_forward_numba(x, w, b)[0] * up)
+            arr[i] = old - 1e-6
+            fm = np.sum(K.layernorm_forward_numba(x, w, b)[0] * up)
+            arr[i] = old
+            num[i] = (fp - fm) / 2e-6
+        np.testing.assert_allclose(grad, num, rtol=1e-6, atol=1e-8)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gelu(dtype):
     rng = np.random.default_rng(5)
     x = (rng.normal(size=(3, 7, 19)) * 3).astype(dtype)
-    y = K.gelu_forward_numba(x)
-    same_dtype(y, dtype=dtype)
-    close(y, K.gelu_forward_numpy(x), dtype)
+    y, th = K.gelu_forward_numba(x)
+    y_ref, th_ref = K.gelu_forward_numpy(x)
+    same_dtype(y, th, dtype=dtype)
+    close(y, y_ref, dtype)
+    close(th, th_ref, dtype)
     dout = rng.normal(size=x.shape).astype(dtype)
-    dx = K.gelu_backward_numba(dout, x)
+    dx = K.gelu_backward_numba(dout, x, th)
     same_dtype(dx, dtype=dtype)
-    close(dx, K.gelu_backward_numpy(dout, x), dtype)
-    # in place into the caller's buffer
-    buf = x.copy()
-    K.gelu_forward_numba(buf, out=buf)
-    close(buf, y, dtype)
+    close(dx, K.gelu_backward_numpy(dout, x, th_ref), dtype)
 
 
 def test_gelu_derivative_by_finite_differences():
     x = np.linspace(-5, 5, 41)
-    num = (K.gelu_forward_numba(x + 1e-6) - K.gelu_forward_numba(x - 1e-6)) / 2e-6
-    np.testing.assert_allclose(K.gelu_backward_numba(np.ones_like(x), x), num, atol=1e-8)
+    num = (K.gelu_forward_numba(x + 1e-6)[0] - K.gelu_forward_numba(x - 1e-6)[0]) / 2e-6
+    dx = K.gelu_backward_numba(np.ones_like(x), x, K.gelu_forward_numba(x)[1])
+    np.testing.assert_allclose(dx, num, atol=1e-8)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
