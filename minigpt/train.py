@@ -1,0 +1,446 @@
+"""The training loop (the book's chapter 5 ``train_model_simple`` + appendix D), made resumable.
+
+One optimizer step is: forward + loss + hand-written backward (``model.loss_and_grads``), optional
+global-norm clipping (from the warmup's end on, as appendix D), the scheduled learning rate, AdamW.
+Every ``eval_freq`` steps the train and val losses are measured like the book's ``calc_loss_loader``
+(the mean of per-batch mean losses over the first ``eval_iter`` batches) and appended to a JSON-lines
+log; after each epoch a greedy sample is printed; a PNG of the losses is drawn at the end.
+
+Exact resume. The trajectory depends only on: the parameters, AdamW's m, v and t, the dropout RNG,
+the loader's shuffle state at the start of the current epoch and how many batches of the epoch were
+used, and the step counter. A checkpoint stores all of them, so a run killed at any moment (even
+``kill -9``) and resumed with ``resume=True`` ends with the same bits as a run never interrupted -
+given the same seed, dtype and thread settings (BLAS sums in a thread-count-dependent order).
+
+Loader protocol: iterating a loader yields ``(inputs, targets)`` int arrays of shape (B, T); ``len``
+is the number of batches per epoch; for exact resume of a shuffling loader, ``state_dict()`` taken
+before an epoch and ``load_state_dict()`` must make the next iteration repeat the same order
+(``minigpt.data``'s loaders do). Evaluation never iterates the training loader: it uses
+``train_eval_loader`` (unshuffled) so that measuring the loss cannot change the training order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from minigpt.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    read_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_text_atomic,
+)
+from minigpt.generate import generate, text_to_token_ids, token_ids_to_text
+from minigpt.optim import clip_grad_norm_, lr_at
+
+LOG_FILE = "log.jsonl"
+PLOT_FILE = "losses.png"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss or gradient; the parameters were not updated with it."""
+
+
+# --- the book's evaluation helpers -------------------------------------------------------------------
+def calc_loss_batch(input_batch: np.ndarray, target_batch: np.ndarray, model: Any) -> float:
+    """Mean cross-entropy of one batch (no dropout, no backward).  (B, T), (B, T) -> float"""
+    return model.loss(input_batch, target_batch)
+
+
+def calc_loss_loader(loader: Iterable, model: Any, num_batches: int | None = None) -> float:
+    """The mean of per-batch mean losses over the first ``num_batches`` batches (all by default).
+
+    As the book: NaN for an empty loader; ``num_batches`` larger than the loader is capped.
+    """
+    try:
+        n_total = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        n_total = None
+    if n_total == 0:
+        return float("nan")
+    limit = n_total if num_batches is None else (num_batches if n_total is None else min(num_batches, n_total))
+    # a resumable loader remembers where an iteration stopped; put it back so that every
+    # evaluation reads the same first batches and training is not disturbed
+    state = loader.state_dict() if hasattr(loader, "load_state_dict") else None
+    total, count = 0.0, 0
+    try:
+        for i, (x, y) in enumerate(loader):
+            if limit is not None and i >= limit:
+                break
+            total += calc_loss_batch(x, y, model)
+            count += 1
+    finally:
+        if state is not None:
+            loader.load_state_dict(state)
+    return total / count if count else float("nan")
+
+
+def evaluate_model(model: Any, train_loader: Iterable, val_loader: Iterable | None,
+                   eval_iter: int) -> tuple[float, float]:
+    """(train loss, val loss) over the first ``eval_iter`` batches of each (the book's helper)."""
+    train_loss = calc_loss_loader(train_loader, model, num_batches=eval_iter)
+    val_loss = calc_loss_loader(val_loader, model, num_batches=eval_iter) if val_loader is not None \
+        else float("nan")
+    return train_loss, val_loss
+
+
+def generate_and_print_sample(model: Any, tokenizer: Any, start_context: str,
+                              max_new_tokens: int = 50, print_fn: Callable[[str], None] = print) -> str:
+    """Greedy continuation of ``start_context`` (the book's helper, KV cache on); prints one line."""
+    idx = text_to_token_ids(start_context, tokenizer)
+    idx = idx[:, -model.cfg.context_length:]
+    out = generate(model, idx, max_new_tokens=max_new_tokens, use_cache=True)
+    text = token_ids_to_text(out, tokenizer)
+    print_fn(text.replace("\n", " "))
+    return text
+
+
+def plot_losses(steps: list[int], tokens_seen: list[int], train_losses: list[float],
+                val_losses: list[float], path: str | os.PathLike) -> Path | None:
+    """Loss against optimizer steps, with tokens seen on a top axis; written to ``path`` (PNG).
+
+    Returns None (and draws nothing) when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax1 = plt.subplots(figsize=(6, 4))
+    ax1.plot(steps, train_losses, label="training loss")
+    ax1.plot(steps, val_losses, linestyle="-.", label="validation loss")
+    ax1.set_xlabel("optimizer steps")
+    ax1.set_ylabel("loss")
+    ax1.legend(loc="upper right")
+    ax2 = ax1.twiny()  # a second x axis: the same points against tokens seen
+    ax2.plot(tokens_seen, train_losses, alpha=0)
+    ax2.set_xlabel("tokens seen")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+# --- settings and results ------------------------------------------------------------------------------
+@dataclass
+class TrainSettings:
+    """Everything about a run that is not the model, the optimizer or the data.
+
+    The learning rate follows ``minigpt.optim.lr_at``: ``warmup_steps`` of linear warmup from
+    ``initial_lr`` (default ``lr / warmup_steps``) to ``lr``, then constant (``min_lr=None``, the book's
+    chapter 5) or cosine decay to ``min_lr`` over the run (appendix D). ``clip`` is the max global
+    gradient norm (None: no clipping), applied from step ``warmup_steps`` on, as appendix D.
+    """
+
+    epochs: int = 10
+    max_steps: int | None = None           # stop after this many optimizer steps (overrides epochs)
+    lr: float = 4e-4
+    min_lr: float | None = None
+    warmup_steps: int = 0
+    initial_lr: float | None = None
+    clip: float | None = None
+    eval_freq: int = 5                      # evaluate when step index % eval_freq == 0 (book)
+    eval_iter: int = 5                      # batches per loss estimate
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None     # steps; None: only at the end (and on Ctrl-C)
+    keep_last: int = 2
+    seed: int = 123                         # the dropout RNG
+    start_context: str = "Every effort moves you"
+    sample_tokens: int = 50
+    plot: bool = True
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainSettings:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class TrainResult:
+    train_losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    track_tokens_seen: list[int] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    step: int = 0                   # optimizer steps done
+    tokens_seen: int = 0
+    train_seconds: float = 0.0      # time inside training steps (this process)
+    wall_seconds: float = 0.0       # everything, evaluation and checkpoints included (this process)
+    status: str = "running"         # "done", "interrupted"
+    checkpoint: str | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self._tokens_this_run / self.train_seconds if self.train_seconds > 0 else float("nan")
+
+    _tokens_this_run: int = 0
+
+
+# --- the loop ----------------------------------------------------------------------------------------------
+class _StopFlag:
+    """First Ctrl-C: finish the current step, save, exit. Second Ctrl-C: stop at once."""
+
+    def __init__(self, print_fn: Callable[[str], None]):
+        self.requested = False
+        self.print_fn = print_fn
+        self.previous = None
+
+    def __enter__(self) -> _StopFlag:
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self.previous = None
+        return self
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.print_fn("\nCtrl-C: finishing this step, then saving a checkpoint "
+                      "(press Ctrl-C again to stop without saving)")
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _log(path: Path | None, record: dict[str, Any]) -> None:
+    if path is None:
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from (they will be written again)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) < step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+    write_text_atomic(path, "".join(k + "\n" for k in keep))
+
+
+def train(
+    model: Any,
+    optimizer: Any,
+    train_loader: Any,
+    val_loader: Any = None,
+    *,
+    settings: TrainSettings | None = None,
+    tokenizer: Any = None,
+    train_eval_loader: Any = None,
+    resume: bool = False,
+    extra_state: dict[str, Any] | None = None,
+    print_fn: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` with ``optimizer`` on ``train_loader``; see the module docstring.
+
+    Args:
+        settings: a ``TrainSettings`` (defaults: the book's chapter 5 run).
+        tokenizer: used for the sample after each epoch (skipped when None).
+        train_eval_loader: the training data for loss estimates, unshuffled (default: train_loader,
+            which is exact-resume safe only if iterating it does not change its shuffle state).
+        resume: continue from ``settings.checkpoint_dir``'s latest checkpoint (start fresh if none).
+        extra_state: JSON-able values stored in every checkpoint (the CLI keeps its arguments there).
+    Raises:
+        NonFiniteLossError: the loss or the gradient norm is NaN/inf; nothing is saved over the last
+            good checkpoint.
+    """
+    s = settings or TrainSettings()
+    n_batches = len(train_loader)
+    if n_batches == 0:
+        raise ValueError("the training loader yields no batches: the text is shorter than one "
+                         "batch of windows; use a longer text, a smaller --batch-size or "
+                         "--context-length")
+    total_steps = s.max_steps if s.max_steps is not None else s.epochs * n_batches
+    if total_steps < 1:
+        raise ValueError(f"nothing to train: {s.epochs} epochs x {n_batches} batches, max_steps={s.max_steps}")
+    if s.eval_freq < 1 or s.eval_iter < 1:
+        raise ValueError(f"eval_freq and eval_iter must be >= 1, got {s.eval_freq}, {s.eval_iter}")
+    if s.checkpoint_every is not None and s.checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1 (or None), got {s.checkpoint_every}")
+    eval_loader = train_eval_loader if train_eval_loader is not None else train_loader
+    out = print_fn or print
+    ckpt_dir = Path(s.checkpoint_dir) if s.checkpoint_dir else None
+    log_path = ckpt_dir / LOG_FILE if ckpt_dir else None
+    if ckpt_dir:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    rng = np.random.default_rng(s.seed)  # dropout
+    res = TrainResult()
+    epoch, batch_in_epoch = 0, 0
+    loader_state = train_loader.state_dict() if hasattr(train_loader, "state_dict") else None
+    if resume:
+        if ckpt_dir is None:
+            raise ValueError("resume needs a checkpoint directory (--checkpoint-dir)")
+        if list_checkpoints(ckpt_dir):
+            meta = load_checkpoint(ckpt_dir, model, optimizer)
+            st = meta["state"]["train"]
+            set_rng_state(rng, st["rng"])
+            epoch, batch_in_epoch = st["epoch"], st["batch_in_epoch"]
+            loader_state = st["loader_state"]
+            if loader_state is not None:
+                train_loader.load_state_dict(loader_state)
+            res.step, res.tokens_seen = meta["step"], st["tokens_seen"]
+            for k in ("train_losses", "val_losses", "track_tokens_seen", "eval_steps"):
+                setattr(res, k, list(st[k]))
+            if log_path:
+                _truncate_log(log_path, res.step)
+            out(f"resumed from {meta['path']} at step {res.step} (epoch {epoch + 1}, "
+                f"batch {batch_in_epoch}/{n_batches})")
+        else:
+            out(f"no checkpoint in {ckpt_dir} yet: starting a new run")
+    elif log_path and log_path.exists():
+        log_path.unlink()  # a fresh run starts a fresh log
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {
+            "train": {
+                "epoch": epoch, "batch_in_epoch": batch_in_epoch, "loader_state": loader_state,
+                "rng": rng_state(rng), "tokens_seen": res.tokens_seen,
+                "train_losses": res.train_losses, "val_losses": res.val_losses,
+                "track_tokens_seen": res.track_tokens_seen, "eval_steps": res.eval_steps,
+                "settings": s.to_dict(),
+            },
+            **(extra_state or {}),
+        }
+
+    def save() -> None:
+        if ckpt_dir is not None:
+            res.checkpoint = str(save_checkpoint(ckpt_dir, model, optimizer, step=res.step,
+                                                 state=checkpoint_state(), keep_last=s.keep_last))
+
+    bar = None
+    if s.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=min(res.step, total_steps), unit="step",
+                   dynamic_ncols=True, leave=True)
+        out = print_fn or bar.write
+    t_start = time.perf_counter()
+    tokens_this_run = 0
+    peak_lr = s.lr
+    initial_lr = s.initial_lr if s.initial_lr is not None else peak_lr / max(1, s.warmup_steps)
+    try:
+        with _StopFlag(out) as stop:
+            while res.step < total_steps and epoch < (s.epochs if s.max_steps is None else math.inf):
+                if batch_in_epoch == 0:
+                    loader_state = train_loader.state_dict() if hasattr(train_loader, "state_dict") else None
+                it = iter(train_loader)
+                for _ in range(batch_in_epoch):  # resume mid-epoch: skip the batches already used
+                    next(it)
+                for x, y in it:
+                    if res.step >= total_steps or stop.requested:
+                        break
+                    t0 = time.perf_counter()
+                    lr = lr_at(res.step, peak_lr, total_steps, s.warmup_steps, initial_lr, s.min_lr)
+                    optimizer.lr = lr
+                    loss, _ = model.loss_and_grads(x, y, rng=rng)
+                    norm = None
+                    if s.clip is not None and res.step >= s.warmup_steps:
+                        norm = clip_grad_norm_(model, s.clip)
+                    if not math.isfinite(loss) or (norm is not None and not math.isfinite(norm)):
+                        last = res.checkpoint or (str(list_checkpoints(ckpt_dir)[-1])
+                                                  if ckpt_dir and list_checkpoints(ckpt_dir) else None)
+                        raise NonFiniteLossError(
+                            f"the loss became {loss} at step {res.step} (lr {lr:.3g}); the parameters "
+                            f"were not updated with it. Last good checkpoint: {last or 'none'}. Try a "
+                            "lower --lr, a warmup (--warmup-steps) or gradient clipping (--clip 1.0)")
+                    optimizer.step(model.flat_grads)
+                    dt = time.perf_counter() - t0
+                    res.train_seconds += dt
+                    res.tokens_seen += int(np.asarray(x).size)
+                    tokens_this_run += int(np.asarray(x).size)
+                    batch_in_epoch += 1
+                    global_step = res.step  # the book's 0-based index of this update
+                    res.step += 1
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}",
+                                        tok_s=f"{tokens_this_run / max(res.train_seconds, 1e-9):.0f}")
+                    if global_step % s.eval_freq == 0:
+                        tl, vl = evaluate_model(model, eval_loader, val_loader, s.eval_iter)
+                        res.train_losses.append(tl)
+                        res.val_losses.append(vl)
+                        res.track_tokens_seen.append(res.tokens_seen)
+                        res.eval_steps.append(global_step)
+                        out(f"Ep {epoch + 1} (Step {global_step:06d}): Train loss {tl:.3f}, "
+                            f"Val loss {vl:.3f}")
+                        _log(log_path, {"step": global_step, "epoch": epoch + 1,
+                                        "tokens_seen": res.tokens_seen, "train_loss": tl,
+                                        "val_loss": vl, "lr": lr, "batch_loss": loss,
+                                        "tokens_per_s": tokens_this_run / max(res.train_seconds, 1e-9)})
+                    if s.checkpoint_every and res.step % s.checkpoint_every == 0 and res.step < total_steps:
+                        save()
+                if stop.requested or res.step >= total_steps and batch_in_epoch < n_batches:
+                    break
+                # the epoch is complete
+                epoch += 1
+                batch_in_epoch = 0
+                if tokenizer is not None and s.sample_tokens > 0:
+                    generate_and_print_sample(model, tokenizer, s.start_context, s.sample_tokens, out)
+            if stop.requested:
+                res.status = "interrupted"
+                save()
+                out(f"interrupted at step {res.step}; resume with --resume"
+                    + (f" (checkpoint {res.checkpoint})" if res.checkpoint else ""))
+            else:
+                res.status = "done"
+                save()
+    finally:
+        if bar is not None:
+            bar.close()
+        res.wall_seconds = time.perf_counter() - t_start
+        res._tokens_this_run = tokens_this_run
+    if s.plot and ckpt_dir is not None and res.eval_steps:
+        plot_losses(res.eval_steps, res.track_tokens_seen, res.train_losses, res.val_losses,
+                    ckpt_dir / PLOT_FILE)
+    return res
+
+
+def train_model_simple(model: Any, train_loader: Any, val_loader: Any, optimizer: Any,
+                       num_epochs: int, eval_freq: int, eval_iter: int, start_context: str,
+                       tokenizer: Any) -> tuple[list[float], list[float], list[int]]:
+    """The book's signature (without ``device``): returns (train_losses, val_losses, tokens_seen)."""
+    s = TrainSettings(epochs=num_epochs, eval_freq=eval_freq, eval_iter=eval_iter,
+                      lr=optimizer.lr, start_context=start_context, progress=False, plot=False)
+    r = train(model, optimizer, train_loader, val_loader, settings=s, tokenizer=tokenizer)
+    return r.train_losses, r.val_losses, r.track_tokens_seen
+
+
+def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The evaluation records of a run's ``log.jsonl`` (a run directory or the file itself)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LOG_FILE
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def saved_settings(checkpoint_dir: str | os.PathLike) -> TrainSettings:
+    """The ``TrainSettings`` stored in a run's latest checkpoint."""
+    return TrainSettings.from_dict(read_state(checkpoint_dir)["state"]["train"]["settings"])

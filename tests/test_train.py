@@ -1,0 +1,176 @@
+"""The training loop: evaluation like the book, logs, and exact resume after a crash or Ctrl-C."""
+
+import json
+import math
+import signal
+
+import numpy as np
+import pytest
+
+from minigpt.checkpoint import list_checkpoints, read_state
+from minigpt.config import GPTConfig
+from minigpt.data import DataLoader, windows
+from minigpt.model import GPTModel
+from minigpt.optim import AdamW
+from minigpt.train import (
+    NonFiniteLossError,
+    TrainSettings,
+    calc_loss_loader,
+    read_log,
+    train,
+    train_model_simple,
+)
+
+CFG = GPTConfig(vocab_size=31, context_length=8, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.1)
+
+
+def make_data(n_tokens=200, seed=0):
+    # a learnable stream: mostly "next = previous + 1 (mod V)", with some noise
+    rng = np.random.default_rng(seed)
+    ids = np.cumsum(rng.choice([1, 1, 1, 2], size=n_tokens)) % CFG.vocab_size
+    x, y = windows(ids, max_length=8, stride=8)
+    split = int(0.8 * len(x))
+    return (DataLoader(x[:split], y[:split], batch_size=3, shuffle=True, drop_last=True, seed=7),
+            DataLoader(x[:split], y[:split], batch_size=3),  # unshuffled copy for loss estimates
+            DataLoader(x[split:], y[split:], batch_size=3))
+
+
+def settings(tmp_path, **kw):
+    base = {"epochs": 4, "lr": 3e-3, "warmup_steps": 3, "min_lr": 3e-4, "clip": 1.0, "eval_freq": 2,
+            "eval_iter": 2, "checkpoint_dir": str(tmp_path), "checkpoint_every": 2, "progress": False,
+            "plot": False, "seed": 11}
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def run(tmp_path, resume=False, crash_after=None, sigint_after=None, **kw):
+    model = GPTModel(CFG, seed=1)
+    opt = AdamW(model, lr=3e-3, weight_decay=0.1)
+    train_loader, train_eval, val_loader = make_data()
+    loader = train_loader
+    if crash_after is not None or sigint_after is not None:
+        loader = Interrupting(train_loader, crash_after, sigint_after)
+    res = train(model, opt, loader, val_loader, settings=settings(tmp_path, **kw),
+                train_eval_loader=train_eval, resume=resume, print_fn=lambda s: None)
+    return model, opt, res
+
+
+class Interrupting:
+    """Wraps a loader: raises (a crash) or sends SIGINT (Ctrl-C) after n batches in this process."""
+
+    def __init__(self, loader, crash_after=None, sigint_after=None):
+        self.loader, self.crash_after, self.sigint_after, self.n = loader, crash_after, sigint_after, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def state_dict(self):
+        return self.loader.state_dict()
+
+    def load_state_dict(self, s):
+        self.loader.load_state_dict(s)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if self.crash_after is not None and self.n == self.crash_after:
+                raise RuntimeError("simulated crash")
+            if self.sigint_after is not None and self.n == self.sigint_after:
+                signal.raise_signal(signal.SIGINT)
+            self.n += 1
+            yield batch
+
+
+def test_calc_loss_loader_is_mean_of_batch_means():
+    model = GPTModel(CFG, seed=0)
+    _, train_eval, _ = make_data()
+    per_batch = [model.loss(x, y) for x, y in train_eval]
+    assert calc_loss_loader(train_eval, model) == pytest.approx(np.mean(per_batch))
+    assert calc_loss_loader(train_eval, model, num_batches=2) == pytest.approx(np.mean(per_batch[:2]))
+    assert calc_loss_loader(train_eval, model, num_batches=999) == pytest.approx(np.mean(per_batch))
+    assert math.isnan(calc_loss_loader([], model))
+
+
+def test_loss_falls_and_log_is_written(tmp_path):
+    model, opt, res = run(tmp_path, epochs=8, plot=True)
+    assert len(make_data()[0]) == 6  # 24 windows, 19 for training, // 3 = 6 batches per epoch
+    assert res.status == "done" and res.step == 8 * 6
+    assert res.train_losses[-1] < res.train_losses[0] - 0.5
+    assert res.eval_steps == list(range(0, 48, 2))  # the book's global_step % eval_freq == 0
+    log = read_log(tmp_path)
+    assert [r["step"] for r in log] == res.eval_steps
+    assert log[-1]["tokens_seen"] == res.track_tokens_seen[-1] == 47 * 3 * 8  # after update index 46
+    assert (tmp_path / "losses.png").stat().st_size > 1000
+    assert read_state(tmp_path)["step"] == 48
+
+
+def test_crash_and_resume_is_bit_identical(tmp_path):
+    ref_model, ref_opt, ref = run(tmp_path / "ref")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tmp_path / "crash", crash_after=9)  # dies in epoch 2, after the step-8 checkpoint
+    assert read_state(tmp_path / "crash")["step"] == 8
+    model, opt, res = run(tmp_path / "crash", resume=True)
+    np.testing.assert_array_equal(model.flat_params, ref_model.flat_params)
+    np.testing.assert_array_equal(opt.m, ref_opt.m)
+    assert res.train_losses == ref.train_losses and res.step == ref.step
+    assert [r["step"] for r in read_log(tmp_path / "crash")] == ref.eval_steps
+
+
+def test_ctrl_c_saves_and_resume_is_bit_identical(tmp_path):
+    ref_model, _, _ = run(tmp_path / "ref")
+    _, _, res = run(tmp_path / "int", sigint_after=6, checkpoint_every=None)
+    # the signal came while the 7th batch was being fetched: that step is not taken
+    assert res.status == "interrupted" and res.step == 6
+    assert read_state(tmp_path / "int")["step"] == 6
+    model, _, res2 = run(tmp_path / "int", resume=True, checkpoint_every=None)
+    assert res2.status == "done"
+    np.testing.assert_array_equal(model.flat_params, ref_model.flat_params)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+    model = GPTModel(CFG, seed=1)
+    opt = AdamW(model, lr=3e-3)
+    real = model.loss_and_grads
+    calls = {"n": 0}
+
+    def poisoned(x, y, rng=None):
+        calls["n"] += 1
+        loss, g = real(x, y, rng=rng)
+        return (float("nan") if calls["n"] == 6 else loss), g
+
+    model.loss_and_grads = poisoned
+    train_loader, train_eval, val_loader = make_data()
+    with pytest.raises(NonFiniteLossError, match=r"step 5.*step-00000004"):
+        train(model, opt, train_loader, val_loader, settings=settings(tmp_path),
+              train_eval_loader=train_eval, print_fn=lambda s: None)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002", "step-00000004"]
+    assert opt.t == 5  # the poisoned step did not reach the optimizer
+
+
+def test_max_steps_and_book_signature(tmp_path):
+    _, _, res = run(tmp_path, max_steps=7, checkpoint_every=None)
+    assert res.step == 7 and read_state(tmp_path)["step"] == 7
+    model = GPTModel(CFG, seed=1)
+    opt = AdamW(model, lr=1e-3, weight_decay=0.1)
+    train_loader, _, val_loader = make_data()
+    tl, vl, seen = train_model_simple(model, train_loader, val_loader, opt, num_epochs=1,
+                                      eval_freq=2, eval_iter=1, start_context="", tokenizer=None)
+    assert len(tl) == len(vl) == len(seen) == 3 and seen == [24, 72, 120]
+
+
+def test_bad_settings_are_clear(tmp_path):
+    model = GPTModel(CFG)
+    with pytest.raises(ValueError, match="no batches"):
+        train(model, AdamW(model), DataLoader(np.zeros((1, 8), int), np.zeros((1, 8), int),
+                                              batch_size=2, drop_last=True),
+              settings=settings(tmp_path))
+    with pytest.raises(ValueError, match="checkpoint directory"):
+        run(tmp_path, resume=True, checkpoint_dir=None)
+
+
+def test_log_survives_a_resume_without_duplicates(tmp_path):
+    run(tmp_path, epochs=2)
+    n = len(read_log(tmp_path))
+    run(tmp_path, resume=True, epochs=2)  # already done: nothing new
+    assert len(read_log(tmp_path)) == n
+    assert all(json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines())
