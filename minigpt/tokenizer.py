@@ -342,6 +342,9 @@ class Tokenizer:
         try:
             return b"".join([dec[i] for i in ids])
         except KeyError as e:
+            if not isinstance(e.args[0], (int, np.integer)):
+                raise TypeError(f"decode expects a sequence of int ids, got an element {e.args[0]!r} "
+                                f"of type {type(e.args[0]).__name__}") from None
             raise ValueError(f"token id {e.args[0]!r} is not in the vocabulary "
                              f"(ids are 0..{self.n_vocab - 1}, with no gaps unless the vocabulary has them)") from None
         except TypeError:

@@ -88,16 +88,6 @@ def read_vocab_and_merges(vocab_path: str, merges_path: str
         vocab = json.load(f)
     if not isinstance(vocab, dict):
         raise ValueError(f"{vocab_path}: expected a JSON object {{token: id}}, got {type(vocab).__name__}")
-    u2b = unicode_to_bytes()
-    ranks: dict[bytes, int] = {}
-    special: dict[str, int] = {}
-    for s, i in vocab.items():
-        if not isinstance(i, int):
-            raise ValueError(f"{vocab_path}: id of {s!r} is {i!r}, expected an integer")
-        if all(c in u2b for c in s):
-            ranks[bytes(u2b[c] for c in s)] = i
-        else:
-            special[s] = i
     merges: list[tuple[bytes, bytes]] = []
     with open(merges_path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -109,6 +99,20 @@ def read_vocab_and_merges(vocab_path: str, merges_path: str
                 raise ValueError(f"{merges_path}:{lineno}: expected 'left right', got {line!r}")
             where = f"{merges_path}:{lineno}"
             merges.append((str_to_token(parts[0], where), str_to_token(parts[1], where)))
+    # a mergeable token is a single byte or the result of a merge; anything else is special
+    # (GPT-2's "<|endoftext|>" is printable ASCII, so the characters alone cannot tell)
+    u2b = unicode_to_bytes()
+    made = {a + b for a, b in merges}
+    ranks: dict[bytes, int] = {}
+    special: dict[str, int] = {}
+    for s, i in vocab.items():
+        if not isinstance(i, int):
+            raise ValueError(f"{vocab_path}: id of {s!r} is {i!r}, expected an integer")
+        b = bytes(u2b[c] for c in s) if all(c in u2b for c in s) else None
+        if b is not None and (len(b) == 1 or b in made):
+            ranks[b] = i
+        else:
+            special[s] = i
     return ranks, merges, special
 
 
