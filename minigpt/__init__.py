@@ -33,3 +33,6 @@ from minigpt.data import (  # noqa: F401, E402
     train_val_split,
     windows,
 )
+
+# --- pretrained weights ---
+from minigpt.pretrained import from_pretrained, load_model, save_pretrained  # noqa: F401, E402
