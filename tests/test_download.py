@@ -261,3 +261,14 @@ def test_cache_dir_environment(monkeypatch, tmp_path):
 def test_unknown_model_name():
     with pytest.raises(ValueError, match="gpt2-xl"):
         model_dir("gpt-5")
+
+
+def test_offline_weights_without_config_use_the_known_gpt2_shapes(tmp_path, monkeypatch, checkpoint):
+    """For a GPT-2 name, config.json is optional; a file of the wrong size is then refused clearly."""
+    monkeypatch.setenv("MINIGPT_OFFLINE", "1")
+    monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gpt2").mkdir()
+    (tmp_path / "gpt2" / "model.safetensors").write_bytes(checkpoint[1]["model.safetensors"])
+    with pytest.raises(ValueError, match=r"wte\.weight: file \(101, 24\), expected \(50257, 768\)"):
+        from_pretrained("gpt2")
