@@ -266,9 +266,10 @@ def test_unknown_model_name():
 def test_offline_weights_without_config_use_the_known_gpt2_shapes(tmp_path, monkeypatch, checkpoint):
     """For a GPT-2 name, config.json is optional; a file of the wrong size is then refused clearly."""
     monkeypatch.setenv("MINIGPT_OFFLINE", "1")
-    monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path))
+    monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "gpt2").mkdir()
-    (tmp_path / "gpt2" / "model.safetensors").write_bytes(checkpoint[1]["model.safetensors"])
+    (tmp_path / "cache" / "gpt2").mkdir(parents=True)
+    (tmp_path / "cache" / "gpt2" / "model.safetensors").write_bytes(
+        checkpoint[1]["model.safetensors"])
     with pytest.raises(ValueError, match=r"wte\.weight: file \(101, 24\), expected \(50257, 768\)"):
         from_pretrained("gpt2")
