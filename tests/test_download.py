@@ -228,16 +228,16 @@ def test_unreachable_server_is_a_clear_error(tmp_path):
 
 def test_offline_error_says_where_to_put_the_file(tmp_path, monkeypatch, checkpoint):
     monkeypatch.setenv("MINIGPT_OFFLINE", "1")
-    monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    want = tmp_path / "gpt2-medium" / "model.safetensors"
+    monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)                   # no local "gpt2-medium" folder here
+    want = tmp_path / "cache" / "gpt2-medium" / "model.safetensors"
     with pytest.raises(FileNotFoundError) as e:
         from_pretrained("gpt2-medium")
     msg = str(e.value)
     assert str(want) in msg
     assert "https://huggingface.co/openai-community/gpt2-medium/resolve/main/model.safetensors" in msg
     # put the files there by hand: now it loads, still offline
-    want.parent.mkdir()
+    want.parent.mkdir(parents=True)
     for f, data in checkpoint[1].items():
         (want.parent / f).write_bytes(data)
     m = from_pretrained("gpt2-medium")
