@@ -246,7 +246,8 @@ def _fetch(url: str, part: Path, *, sha256: str | None, size: int | None, progre
         reason = getattr(e, "reason", e)
         raise _Transient(f"connection failed: {reason}") from None
     with resp:
-        adv_sha, adv_size = _advertised([*redirects.hops, resp.headers])
+        # like huggingface_hub: trust the first answer (the hub's own), not a CDN's ETag after it
+        adv_sha, adv_size = _advertised(redirects.hops[:1] or [resp.headers])
         status = resp.status
         if status == 206:
             start = _content_range_start(resp.headers.get("Content-Range"))
