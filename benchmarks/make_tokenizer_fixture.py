@@ -2,7 +2,7 @@
 fuzz minigpt's GPT-2 tokenizer against tiktoken on random strings.
 
     python benchmarks/make_tokenizer_fixture.py [--out tests/fixtures/tokenizer_gpt2_cases.json]
-                                                [--fuzz 20000] [--seed 0]
+                                                [--fuzz 20000] [--seed 0] [--all-codepoints]
 
 Needs tiktoken (not a minigpt dependency; the tests read the JSON and never import tiktoken).
 tiktoken is built offline from minigpt/assets/gpt2/gpt2.tiktoken with the r50k pattern.
@@ -79,6 +79,8 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(ROOT, "tests", "fixtures", "tokenizer_gpt2_cases.json"))
     ap.add_argument("--fuzz", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--all-codepoints", action="store_true",
+                    help="compare on every code point (no surrogates) in 5 separator contexts")
     args = ap.parse_args()
     assets = os.path.join(ROOT, "minigpt", "assets", "gpt2")
     enc = make_tiktoken(assets)
@@ -113,6 +115,20 @@ def main() -> int:
         f.write("}\n")
     print(f"wrote {len(cases)} ordinary + {len(scases)} special cases to {args.out}")
 
+    if args.all_codepoints:
+        from minigpt.tokenizer import Tokenizer
+        tok = Tokenizer.gpt2()
+        chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+        bad = 0
+        for k in range(0, len(chars), 2000):
+            for sep in (" ", "a", "1", "!", "  "):
+                s = sep.join(chars[k:k + 2000]) + sep
+                if enc.encode_ordinary(s) != tok.encode_ordinary(s):
+                    bad += 1
+                    print("MISMATCH in code point block", hex(ord(chars[k])), "separator", repr(sep))
+        print(f"all code points: {len(chars):,} characters x 5 contexts, {bad} mismatching blocks")
+        if bad:
+            return 1
     if args.fuzz:
         from minigpt.tokenizer import Tokenizer
         tok = Tokenizer.gpt2()

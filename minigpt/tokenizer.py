@@ -290,35 +290,46 @@ class Tokenizer:
     def _encode_chunk(self, text: str) -> list[int]:
         pieces = self._pat.findall(text)
         cache = self._cache
-        parts = list(map(cache.get, pieces))
-        if None in parts:
-            self._fill_cache([p for p, v in zip(pieces, parts, strict=True) if v is None])
+        parts = list(map(cache.get, pieces))                  # cached ids of each pre-token, or None
+        n_miss = parts.count(None)
+        if n_miss:
+            if 4 * n_miss > len(parts):                        # mostly new text: dedupe all first
+                missing = [p for p in dict.fromkeys(pieces) if p not in cache]
+            else:
+                missing = list(dict.fromkeys([p for p, v in zip(pieces, parts, strict=True) if v is None]))
+            new = self._merge_pieces(missing)
+            if len(cache) + len(new) > _CACHE_MAX:             # bound memory: keep only this text's words
+                keep = {p: v for p, v in zip(pieces, parts, strict=True) if v is not None}
+                cache.clear()
+                cache.update(keep)
+            cache.update(new)
             parts = list(map(cache.__getitem__, pieces))
         return list(chain.from_iterable(parts))
 
-    def _fill_cache(self, missing: list[str]) -> None:
-        cache = self._cache
-        if len(cache) > _CACHE_MAX:
-            cache.clear()
+    def _merge_pieces(self, missing: list[str]) -> dict[str, tuple[int, ...]]:
+        """Ids of distinct pre-tokens: whole-token lookups, then one kernel call for the rest."""
+        new: dict[str, tuple[int, ...]] = {}
         todo = []
-        for p in dict.fromkeys(missing):
+        ranks = self._ranks
+        for p in missing:
             b = p.encode("utf-8")
             if self._whole_lookup:
-                i = self._ranks.get(b)
+                i = ranks.get(b)
                 if i is not None:
-                    cache[p] = (i,)
+                    new[p] = (i,)
                     continue
             todo.append((p, b))
         if not todo:
-            return
-        data = np.frombuffer(b"".join(b for _, b in todo), dtype=np.uint8)
+            return new
+        data = np.frombuffer(b"".join([b for _, b in todo]), dtype=np.uint8)
         offsets = np.zeros(len(todo) + 1, dtype=np.int64)
         np.cumsum([len(b) for _, b in todo], out=offsets[1:])
         out, out_off = bpe_merge_batch(data, offsets, self._byte_ids, self._csr)
         out = out.tolist()
         out_off = out_off.tolist()
         for k, (p, _) in enumerate(todo):
-            cache[p] = tuple(out[out_off[k]:out_off[k + 1]])
+            new[p] = tuple(out[out_off[k]:out_off[k + 1]])
+        return new
 
     def encode_piece_reference(self, piece: str) -> list[int]:
         """One pre-token through the readable Python merge loop (no cache, no kernel; for tests)."""

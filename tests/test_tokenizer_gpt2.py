@@ -103,6 +103,16 @@ def test_fixture_line_by_line_and_cold_cache(tok):
         assert fresh.encode_ordinary(line) == tok.encode_ordinary(line)
 
 
+def test_cache_bound(tok, verdict, monkeypatch):
+    """Past the cache bound the cache is emptied, keeping only the words of the current text."""
+    import minigpt.tokenizer as T
+    monkeypatch.setattr(T, "_CACHE_MAX", 50)
+    small = Tokenizer.gpt2()
+    for chunk in (verdict[:5000], verdict[5000:12000], verdict):
+        assert small.encode_ordinary(chunk) == tok.encode_ordinary(chunk)
+    assert len(small._cache) <= len(set(small.pre_tokenize(verdict)))
+
+
 # ------------------------------------------------------------------ special tokens
 
 def test_ordinary_treats_special_as_text(tok):
