@@ -275,7 +275,7 @@ def _fetch(url: str, part: Path, *, sha256: str | None, size: int | None, progre
             with open(part, mode) as f:
                 while True:
                     try:
-                        chunk = resp.read(_CHUNK)
+                        chunk = resp.read1(_CHUNK)  # what has arrived: a stall loses nothing
                     except (OSError, http.client.HTTPException) as e:
                         raise _Transient(f"connection lost after {done} bytes ({e!r})") from None
                     if not chunk:

@@ -1,7 +1,7 @@
 """The downloader end to end against a local HTTP server on 127.0.0.1 that misbehaves on purpose.
 
 The server serves a small generated checkpoint under /<mode>/<name>/resolve/main/<file>, where the
-mode decides how it behaves: ok, cut (drops the connection half-way through the first transfer),
+mode decides how it behaves: ok, cut (drops the connection half-way through the first transfer), stall (goes silent half-way),
 norange (ignores Range), badsha (advertises a wrong sha256), 404, 500, 500once, redirect / redirectbad
 (Hugging Face style: a 302 carrying X-Linked-Etag / X-Linked-Size, then a CDN without them).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -85,6 +86,11 @@ class Server:
             sha = hashlib.sha256(data if mode != "badsha" else data + b"x").hexdigest()
             h.send_header("ETag", f'"{sha}"')
         h.end_headers()
+        if mode == "stall" and n == 1:             # half the body, then silence
+            h.wfile.write(body[: len(body) // 2])
+            h.wfile.flush()
+            time.sleep(1.5)
+            return None
         if mode == "cut" and n == 1:
             h.wfile.write(body[: len(body) // 2])   # then the connection closes
             h.wfile.flush()
@@ -151,6 +157,15 @@ def test_interrupted_transfer_is_resumed(tmp_path, server, checkpoint):
     assert dest.read_bytes() == data
     ranges = [r for _, r in weights_requests(server)]
     assert ranges == [None, f"bytes={len(data) // 2}-"]   # the second request resumed half-way
+
+
+def test_stalled_transfer_times_out_and_resumes(tmp_path, server, checkpoint):
+    data = checkpoint[1]["model.safetensors"]
+    url = server.template("stall").format(name="gpt2", file="model.safetensors")
+    dest = download_file([url], tmp_path / "model.safetensors", progress=False, retries=3,
+                         timeout=0.3, backoff=0.0)
+    assert dest.read_bytes() == data
+    assert [r for _, r in weights_requests(server)] == [None, f"bytes={len(data) // 2}-"]
 
 
 def test_existing_part_file_is_resumed(tmp_path, server, checkpoint):

@@ -101,3 +101,13 @@ def test_vocabulary_mismatch_is_reported(tmp_path, tok):
     text, _ = read_text("the-verdict")
     with pytest.raises(ValueError, match="outside the model's vocabulary of 300"):
         evaluate_text(minigpt.GPTModel(cfg), text, tok, max_length=32)
+
+
+def test_cli_eval_offline_says_where_to_put_the_weights(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MINIGPT_OFFLINE", "1")
+    monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--model", "gpt2", "--text", "the-verdict"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "cache" / "gpt2" / "model.safetensors") in err
+    assert "openai-community/gpt2/resolve/main/model.safetensors" in err
