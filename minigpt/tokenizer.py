@@ -31,7 +31,9 @@ import numpy as np
 import regex
 
 from minigpt import tokenizer_formats as fmt
-from minigpt.bpe_merge import bpe_merge_batch, bpe_merge_py, pair_table_csr
+from minigpt.bpe_merge import bpe_merge_batch, bpe_merge_py, numba, pair_table_csr
+
+_HAVE_NUMBA = numba is not None
 
 # GPT-2's split pattern as OpenAI wrote it. tiktoken's r50k pattern
 #   '(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s
@@ -90,6 +92,9 @@ class Tokenizer:
         self._csr = pair_table_csr(*self._build_pairs(), self.n_vocab)
         self._whole_lookup = merges is None                        # tiktoken's shortcut
         self._cache: dict[str, tuple[int, ...]] = {}
+        # the compiled encoder (minigpt.bpe_fast) knows GPT-2's pattern only; built on first use
+        self.use_fast = pattern in (GPT2_PATTERN, R50K_PATTERN) and _HAVE_NUMBA
+        self._fast = None
         self._special_re = None
         if special_tokens:
             alts = sorted(special_tokens, key=len, reverse=True)
@@ -288,6 +293,15 @@ class Tokenizer:
         return [self.encode(t, **kw) for t in texts]
 
     def _encode_chunk(self, text: str) -> list[int]:
+        if self.use_fast:
+            if self._fast is None:
+                from minigpt.bpe_fast import FastEncoder
+                self._fast = FastEncoder(self._ranks, self._byte_ids, self._csr, self._whole_lookup)
+            return self._fast.encode(text.encode("utf-8")).tolist()
+        return self._encode_chunk_regex(text)
+
+    def _encode_chunk_regex(self, text: str) -> list[int]:
+        """The readable path: ``regex.findall``, a dict cache of pre-token ids, batched merges."""
         pieces = self._pat.findall(text)
         cache = self._cache
         parts = list(map(cache.get, pieces))                  # cached ids of each pre-token, or None
@@ -345,6 +359,8 @@ class Tokenizer:
     def clear_cache(self) -> None:
         """Forget the cached pre-token encodings (benchmarks use this to time a cold start)."""
         self._cache.clear()
+        if self._fast is not None:
+            self._fast.clear()
 
     # ------------------------------------------------------------------ decoding
     def decode_bytes(self, ids: Iterable[int]) -> bytes:

@@ -108,9 +108,76 @@ def test_cache_bound(tok, verdict, monkeypatch):
     import minigpt.tokenizer as T
     monkeypatch.setattr(T, "_CACHE_MAX", 50)
     small = Tokenizer.gpt2()
+    small.use_fast = False                                 # the readable path's dict cache
     for chunk in (verdict[:5000], verdict[5000:12000], verdict):
         assert small.encode_ordinary(chunk) == tok.encode_ordinary(chunk)
     assert len(small._cache) <= len(set(small.pre_tokenize(verdict)))
+
+
+def test_fast_cache_reset(tok, verdict, monkeypatch):
+    """The compiled encoder's cache starts over when full; ids stay exact."""
+    import minigpt.bpe_fast as F
+    monkeypatch.setattr(F, "_MAX_ENTRIES", 64)
+    small = Tokenizer.gpt2()
+    small.encode_ordinary("x")
+    assert small._fast.c_meta.shape[0] == 64
+    for chunk in (verdict[:5000], verdict, verdict[100:9000]):
+        assert small.encode_ordinary(chunk) == tok.encode_ordinary(chunk)
+    assert 0 < small._fast.c_n[0] <= 64
+
+
+# ------------------------------------------------------------------ the compiled path vs the readable one
+
+def _regex_path(text):
+    ref = _shared_regex()
+    return ref.encode_ordinary(text)
+
+
+_REGEX = []
+
+
+def _shared_regex():
+    if not _REGEX:
+        t = Tokenizer.gpt2()
+        t.use_fast = False
+        _REGEX.append(t)
+    return _REGEX[0]
+
+
+def test_fast_equals_regex_path(tok, verdict):
+    assert tok.use_fast
+    for c in _fixture()["ordinary"]:
+        assert tok.encode_ordinary(c["text"]) == _regex_path(c["text"]), repr(c["text"][:50])
+    assert tok.encode_ordinary(verdict) == _regex_path(verdict)
+    for line in verdict.splitlines(keepends=True)[:300]:
+        assert tok.encode_ordinary(line) == _regex_path(line)
+
+
+RICH = (list("ab Z1\n\t\r\x0b\x0c\x1c\x85'’`\".,;!?-_()<>|") + ["\u00a0", "\u3000", "\u2028", "\u200b",
+        "é", "ß", "٣", "७", "½", "²", "日", "한", "\u0301", "😀", "\u200d", "🏽", "\U0010ffff", "\ufffd"]
+        + ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "<|endoftext|>", "  ", "\r\n"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(RICH), max_size=40).map("".join))
+def test_fast_pre_tokenizer_equals_regex(s):
+    tok = _shared()
+    tok.encode_ordinary("")                                # make sure the compiled encoder exists
+    assert tok._fast.pre_tokenize(s) == regex.findall(GPT2_PATTERN, s)
+    assert tok.encode_ordinary(s) == _regex_path(s)
+
+
+def test_category_table_matches_regex():
+    from minigpt.bpe_fast import LETTER, NUMBER, OTHER, SPACE, category_table
+    cat = category_table()
+    rng = np.random.default_rng(0)
+    cps = [c for c in rng.integers(0, 0x110000, 3000).tolist() if not 0xD800 <= c <= 0xDFFF]
+    cps += list(range(0, 0x3000))
+    for c in cps:
+        ch = chr(c)
+        want = (LETTER if regex.match(r"\p{L}", ch) else NUMBER if regex.match(r"\p{N}", ch)
+                else SPACE if regex.match(r"\s", ch) else OTHER)
+        assert cat[c] == want, hex(c)
 
 
 # ------------------------------------------------------------------ special tokens
