@@ -124,9 +124,13 @@ def run(args) -> int:
           f"{args.dtype}, loaded in {t_load:.1f} s")
     print(f"text {label}: {len(text):,} characters, split {args.train_ratio:g} by characters -> "
           f"train {r['train_tokens']:,} tokens, val {r['val_tokens']:,} tokens")
+    def n(k: int, word: str) -> str:
+        return f"{k} {word}" + ("" if k == 1 else ("es" if word.endswith("ch") else "s"))
+
     print(f"windows of {args.max_length} tokens, stride {args.stride or args.max_length}, batch "
-          f"{args.batch_size}: train {r['train_batches']} batches ({r['train_windows']} windows), "
-          f"val {r['val_batches']} batches ({r['val_windows']} windows)")
+          f"{args.batch_size}: train {n(r['train_batches'], 'batch')} "
+          f"({n(r['train_windows'], 'window')}), val {n(r['val_batches'], 'batch')} "
+          f"({n(r['val_windows'], 'window')})")
     print(f"train loss {r['train_loss']:.4f}  perplexity {r['train_perplexity']:.2f}")
     print(f"val   loss {r['val_loss']:.4f}  perplexity {r['val_perplexity']:.2f}")
     print(f"({t_eval:.1f} s)")
