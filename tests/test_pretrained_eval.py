@@ -40,6 +40,7 @@ def test_evaluate_text_is_the_books_procedure(ckpt, tok):
     assert (r["train_tokens"], r["val_tokens"]) == (4612, 534)
     assert (r["train_windows"], r["val_windows"]) == (18, 2)
     assert (r["train_batches"], r["val_batches"]) == (9, 1)
+    assert (r["train_batches_total"], r["val_batches_total"]) == (9, 1)
     # independently: windows start at range(0, n - 256, 256); mean over batches of 2 of batch means
     split = int(0.9 * len(text))
     for name, part in (("train", text[:split]), ("val", text[split:])):
@@ -78,6 +79,7 @@ def test_cli_eval_json(ckpt, capsys):
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["train_batches"] == 1 and out["val_batches"] == 1
+    assert out["train_batches_total"] == 9
     assert out["text"] == "the-verdict.txt" and out["characters"] == 20479
     assert np.isfinite(out["train_loss"]) and out["val_perplexity"] == pytest.approx(
         np.exp(out["val_loss"]))

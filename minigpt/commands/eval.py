@@ -67,7 +67,8 @@ def evaluate_text(model: Any, text: str, tokenizer: Any, *, max_length: int = 25
     """The book's train/val loss of ``model`` on ``text``; returns a dict of figures.
 
     Keys: train_loss, val_loss, train_perplexity, val_perplexity, train_tokens, val_tokens,
-    train_windows, val_windows, train_batches, val_batches.
+    train_windows, val_windows, train_batches, val_batches (the batches evaluated),
+    train_batches_total, val_batches_total (the batches the loader has).
     """
     from minigpt.data import DataLoader, train_val_split, windows
     from minigpt.train import calc_loss_loader
@@ -96,7 +97,7 @@ def evaluate_text(model: Any, text: str, tokenizer: Any, *, max_length: int = 25
         used = len(loader) if num_batches is None else min(num_batches, len(loader))
         out.update({f"{split}_loss": loss, f"{split}_perplexity": math.exp(loss),
                     f"{split}_tokens": int(len(ids)), f"{split}_windows": int(len(x)),
-                    f"{split}_batches": used})
+                    f"{split}_batches": used, f"{split}_batches_total": len(loader)})
     return out
 
 
@@ -127,10 +128,13 @@ def run(args) -> int:
     def n(k: int, word: str) -> str:
         return f"{k} {word}" + ("" if k == 1 else ("es" if word.endswith("ch") else "s"))
 
+    def batches(split: str) -> str:
+        used, total = r[f"{split}_batches"], r[f"{split}_batches_total"]
+        return n(used, "batch") if used == total else f"{used} of {n(total, 'batch')}"
+
     print(f"windows of {args.max_length} tokens, stride {args.stride or args.max_length}, batch "
-          f"{args.batch_size}: train {n(r['train_batches'], 'batch')} "
-          f"({n(r['train_windows'], 'window')}), val {n(r['val_batches'], 'batch')} "
-          f"({n(r['val_windows'], 'window')})")
+          f"{args.batch_size}: train {batches('train')} ({n(r['train_windows'], 'window')}), "
+          f"val {batches('val')} ({n(r['val_windows'], 'window')})")
     print(f"train loss {r['train_loss']:.4f}  perplexity {r['train_perplexity']:.2f}")
     print(f"val   loss {r['val_loss']:.4f}  perplexity {r['val_perplexity']:.2f}")
     print(f"({t_eval:.1f} s)")
