@@ -13,6 +13,8 @@ peak resident memory (``ru_maxrss``) above the process's memory just before load
                                  ``load_state_dict`` into the model: the weights are held twice
   np.memmap + copy               minigpt's ``load_file(mmap=True)`` then ``load_state_dict``: the
                                  mapped pages count as resident while they are mapped
+  ..., float64                   the same into a float64 model (twice the weights' size): the
+                                 float32 file is converted in 16 MiB chunks
 
 The file was just written, so it is in the page cache: the times are warm-cache times.
 """
@@ -31,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 METHODS = ["model only", "minigpt.from_pretrained", "safetensors.load_file + copy",
-           "np.memmap + copy"]
+           "np.memmap + copy", "model only, float64", "minigpt.from_pretrained, float64"]
 
 
 def rss_mb() -> float:
@@ -56,6 +58,11 @@ def child(method: str, path: str) -> None:
         m.flat_params[...] = 1.0
     elif method == "minigpt.from_pretrained":
         m = pretrained.from_pretrained(path, dtype=np.float32)
+    elif method == "model only, float64":
+        m = pretrained._empty_model(cfg, np.float64)
+        m.flat_params[...] = 1.0
+    elif method == "minigpt.from_pretrained, float64":
+        m = pretrained.from_pretrained(path, dtype=np.float64)   # converted in 16 MiB chunks
     elif method == "safetensors.load_file + copy":
         import safetensors.numpy
         state = safetensors.numpy.load_file(str(Path(path) / "model.safetensors"))
@@ -123,7 +130,7 @@ def main() -> int:
             extra = r["peak_mb"] - r["before_mb"]
             print(f"{method:<32s} {r['before_mb']:>8.0f}MB {r['peak_mb']:>7.0f}MB "
                   f"{extra:>9.0f}MB {extra / (n_bytes / 2**20):>8.2f}x {r['seconds']:>6.2f}s")
-            if method != "model only":
+            if not method.startswith("model only"):
                 checksums.add(r["checksum"])
         if len(checksums) > 1:
             print(f"ERROR: the loaders disagree on the weights: {checksums}")

@@ -100,6 +100,13 @@ def test_float32_load_is_exact_copy_of_the_file(hf_weights):
         assert np.array_equal(p, hf_weights[name]), name
 
 
+def test_half_precision_files_are_converted(tmp_path, hf_weights):
+    d = write_variant(tmp_path, lambda s: s.update({k: v.astype(np.float16) for k, v in s.items()}))
+    m = from_pretrained(d, dtype=np.float64)
+    for name, p in m.params.items():
+        assert np.array_equal(p, hf_weights[name].astype(np.float16).astype(np.float64)), name
+
+
 # --- the book's converted names ----------------------------------------------------------------
 def to_book(s: dict[str, np.ndarray], C: int, L: int, T: int) -> dict[str, np.ndarray]:
     """HF names -> the book's module names, nn.Linear (out, in) layout (ch05 load_weights_into_gpt)."""
