@@ -92,9 +92,15 @@ class Tokenizer:
         self._csr = pair_table_csr(*self._build_pairs(), self.n_vocab)
         self._whole_lookup = merges is None                        # tiktoken's shortcut
         self._cache: dict[str, tuple[int, ...]] = {}
-        # the compiled encoder (minigpt.bpe_fast) knows GPT-2's pattern only; built on first use
+        # the compiled encoder (minigpt.bpe_fast) knows GPT-2's pattern only; built (and its
+        # compiled code loaded) here, so that the first encode is as fast as the others
         self.use_fast = pattern in (GPT2_PATTERN, R50K_PATTERN) and _HAVE_NUMBA
         self._fast = None
+        if self.use_fast:
+            from minigpt.bpe_fast import FastEncoder
+            self._fast = FastEncoder(self._ranks, self._byte_ids, self._csr, self._whole_lookup)
+            self._fast.encode("warm up: it’s 1 ü".encode())
+            self._fast.clear()
         self._special_re = None
         if special_tokens:
             alts = sorted(special_tokens, key=len, reverse=True)
@@ -294,9 +300,6 @@ class Tokenizer:
 
     def _encode_chunk(self, text: str) -> list[int]:
         if self.use_fast:
-            if self._fast is None:
-                from minigpt.bpe_fast import FastEncoder
-                self._fast = FastEncoder(self._ranks, self._byte_ids, self._csr, self._whole_lookup)
             return self._fast.encode(text.encode("utf-8")).tolist()
         return self._encode_chunk_regex(text)
 
