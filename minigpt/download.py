@@ -29,6 +29,7 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -147,16 +148,48 @@ def download_file(urls: Sequence[str], dest: str | os.PathLike, *, sha256: str |
     """Fetch ``dest`` from the first of ``urls`` that works; resume, verify, then rename into place.
 
     ``sha256`` / ``size``: expected values (optional; the server's advertised ones are checked too).
+    An existing ``dest`` that passes them is returned as it is.
     Raises ``ChecksumError`` for bytes that fail verification on every URL and ``DownloadError``
     when no URL gives the file.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
     if sha256 is not None:
         sha256 = sha256.strip().lower()
         if not _SHA256.match(sha256):
             raise ValueError(f"expected sha256 must be 64 hex digits, got {sha256!r}")
+    with _locked(dest.with_name(dest.name + ".lock")):
+        if dest.is_file():   # e.g. another process finished it while this one waited for the lock
+            try:
+                _verify(dest, sha256=sha256, size=size, adv_sha=None, adv_size=None, url=None)
+                return dest
+            except ChecksumError:
+                dest.unlink()
+        return _download_locked(urls, dest, sha256=sha256, size=size, progress=progress,
+                                retries=retries, timeout=timeout, backoff=backoff)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock (POSIX ``flock``) held while a file is downloaded, so two processes
+    fetching the same file take turns instead of appending to one ``.part`` together. The small
+    ``.lock`` file stays (removing it would race). A no-op where ``fcntl`` does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _download_locked(urls: Sequence[str], dest: Path, *, sha256: str | None, size: int | None,
+                     progress: bool, retries: int, timeout: float, backoff: float) -> Path:
+    part = dest.with_name(dest.name + ".part")
     failures: list[str] = []
     checksum_failed = False
     for url in urls:

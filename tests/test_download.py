@@ -189,7 +189,7 @@ def test_wrong_advertised_checksum_fails_and_leaves_nothing(tmp_path, server):
     url = server.template("badsha").format(name="gpt2", file="model.safetensors")
     with pytest.raises(ChecksumError, match="sha256 .*server-advertised"):
         download_file([url], tmp_path / "model.safetensors", **FAST)
-    assert list(tmp_path.iterdir()) == []          # no final file, no .part
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors.lock"]  # no file, no .part
 
 
 def test_expected_sha256_is_checked(tmp_path, server, checkpoint):
@@ -288,3 +288,23 @@ def test_offline_weights_without_config_use_the_known_gpt2_shapes(tmp_path, monk
         checkpoint[1]["model.safetensors"])
     with pytest.raises(ValueError, match=r"wte\.weight: file \(101, 24\), expected \(50257, 768\)"):
         from_pretrained("gpt2")
+
+
+def test_concurrent_downloads_of_one_file_take_turns(tmp_path, server, checkpoint):
+    data = checkpoint[1]["model.safetensors"]
+    url = server.template("ok").format(name="gpt2", file="model.safetensors")
+    results, errors = [], []
+
+    def fetch():
+        try:
+            results.append(download_file([url], tmp_path / "model.safetensors", **FAST))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=fetch) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors and len(results) == 3
+    assert (tmp_path / "model.safetensors").read_bytes() == data
+    assert len(weights_requests(server)) == 1        # the others found the finished file
