@@ -21,9 +21,7 @@ out/dq/dk/dv, so there are no races, and (T, hs) tiles are copied to contiguous 
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
-
-from kernels._dispatch import AnyLayout
+from numba import njit, prange
 
 from kernels.softmax import causal_softmax_backward_numpy, causal_softmax_forward_numpy
 
@@ -79,9 +77,18 @@ def attention_backward_numpy(dout, q, k, v, att, drop_mask=None, dq=None, dk=Non
 
 
 # ----------------------------------------------------------------------------- Numba kernels
-def _attn_fwd(q, k, v, mask, use_mask, out, att):
-    B, H, Tq, hs = q.shape
-    Tk = k.shape[2]
+# Strided operands (q, k, v, out, dout, dq, dk, dv) are passed as a 1-D array aliasing their memory
+# plus their 4 strides in elements, so one compiled signature per dtype serves every layout (views of
+# a fused qkv buffer, a KV cache slice, a contiguous array) and Numba's fast dispatch path is kept.
+@njit(inline="always")
+def _ix(s, b, h, t, d):
+    return s[0] * b + s[1] * h + s[2] * t + s[3] * d
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _attn_fwd(q, sq, k, sk, v, sv, out, so, mask, use_mask, att):
+    B, H, Tq, Tk = att.shape
+    hs = sq[4]
     off = Tk - Tq
     dt = q.dtype.type
     scale = dt(1.0 / np.sqrt(hs))
@@ -94,11 +101,11 @@ def _attn_fwd(q, k, v, mask, use_mask, out, att):
         V = np.empty((Tk, hs), dtype=q.dtype)
         for i in range(Tq):
             for d in range(hs):
-                Q[i, d] = q[b, h, i, d] * scale
+                Q[i, d] = q[_ix(sq, b, h, i, d)] * scale
         for j in range(Tk):
             for d in range(hs):
-                K[j, d] = k[b, h, j, d]
-                V[j, d] = v[b, h, j, d]
+                K[j, d] = k[_ix(sk, b, h, j, d)]
+                V[j, d] = v[_ix(sv, b, h, j, d)]
         acc = np.empty(hs, dtype=q.dtype)
         for i in range(Tq):
             last = i + off
@@ -128,12 +135,13 @@ def _attn_fwd(q, k, v, mask, use_mask, out, att):
             for j in range(last + 1, Tk):
                 a[j] = zero
             for d in range(hs):
-                out[b, h, i, d] = acc[d]
+                out[_ix(so, b, h, i, d)] = acc[d]
 
 
-def _attn_bwd(dout, q, k, v, att, mask, use_mask, dq, dk, dv):
-    B, H, Tq, hs = q.shape
-    Tk = k.shape[2]
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _attn_bwd(dout, sdo, q, sq, k, sk, v, sv, att, mask, use_mask, dq, sdq, dk, sdk, dv, sdv):
+    B, H, Tq, Tk = att.shape
+    hs = sq[4]
     off = Tk - Tq
     dt = q.dtype.type
     scale = dt(1.0 / np.sqrt(hs))
@@ -147,12 +155,12 @@ def _attn_bwd(dout, q, k, v, att, mask, use_mask, dq, dk, dv):
         V = np.empty((Tk, hs), dtype=q.dtype)
         for i in range(Tq):
             for d in range(hs):
-                Q[i, d] = q[b, h, i, d]
-                dO[i, d] = dout[b, h, i, d]
+                Q[i, d] = q[_ix(sq, b, h, i, d)]
+                dO[i, d] = dout[_ix(sdo, b, h, i, d)]
         for j in range(Tk):
             for d in range(hs):
-                K[j, d] = k[b, h, j, d]
-                V[j, d] = v[b, h, j, d]
+                K[j, d] = k[_ix(sk, b, h, j, d)]
+                V[j, d] = v[_ix(sv, b, h, j, d)]
         dQ = np.zeros((Tq, hs), dtype=q.dtype)
         dK = np.zeros((Tk, hs), dtype=q.dtype)
         dV = np.zeros((Tk, hs), dtype=q.dtype)
@@ -182,17 +190,24 @@ def _attn_bwd(dout, q, k, v, att, mask, use_mask, dq, dk, dv):
                     dK[j, d] += ds * Q[i, d]
         for i in range(Tq):
             for d in range(hs):
-                dq[b, h, i, d] = dQ[i, d]
+                dq[_ix(sdq, b, h, i, d)] = dQ[i, d]
         for j in range(Tk):
             for d in range(hs):
-                dk[b, h, j, d] = dK[j, d]
-                dv[b, h, j, d] = dV[j, d]
+                dk[_ix(sdk, b, h, j, d)] = dK[j, d]
+                dv[_ix(sdv, b, h, j, d)] = dV[j, d]
 
 
-# q, k, v, out (and dout, dq, dk, dv) are usually strided views: one compile per dtype, any layout.
-_attn_fwd = AnyLayout(_attn_fwd, (0, 1, 2, 5), parallel=True, cache=True, fastmath=FASTMATH)
-_attn_bwd = AnyLayout(_attn_bwd, (0, 1, 2, 3, 7, 8, 9), parallel=True, cache=True,
-                      fastmath=FASTMATH)
+def _strided(a: np.ndarray):
+    """(B,H,T,hs) array -> (1-D array aliasing its memory from its first element,
+    int64 [sB, sH, sT, sd, hs] strides in elements plus hs)."""
+    item = a.itemsize
+    if any(s < 0 or s % item for s in a.strides):
+        raise ValueError("attention: operands need non-negative, element-aligned strides")
+    st = [s // item for s in a.strides]
+    span = 1 + sum((n - 1) * s for n, s in zip(a.shape, st, strict=True)) if a.size else 0
+    flat = np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(item,),
+                                           writeable=a.flags.writeable)
+    return flat, np.array(st + [a.shape[3]], dtype=np.int64)
 
 
 def _dummy_mask(dtype) -> np.ndarray:
@@ -209,7 +224,7 @@ def attention_forward_numba(q, k, v, out=None, drop_mask=None):
     att = np.empty((B, H, Tq, Tk), dtype=q.dtype)
     use_mask = drop_mask is not None
     mask = np.ascontiguousarray(drop_mask, dtype=q.dtype) if use_mask else _dummy_mask(q.dtype)
-    _attn_fwd(q, k, v, mask, use_mask, out, att)
+    _attn_fwd(*_strided(q), *_strided(k), *_strided(v), *_strided(out), mask, use_mask, att)
     return out, att
 
 
@@ -221,5 +236,7 @@ def attention_backward_numba(dout, q, k, v, att, drop_mask=None, dq=None, dk=Non
     dv = np.empty(v.shape, dtype=q.dtype) if dv is None else dv
     use_mask = drop_mask is not None
     mask = np.ascontiguousarray(drop_mask, dtype=q.dtype) if use_mask else _dummy_mask(q.dtype)
-    _attn_bwd(dout, q, k, v, np.ascontiguousarray(att), mask, use_mask, dq, dk, dv)
+    _attn_bwd(*_strided(np.asarray(dout, dtype=q.dtype)), *_strided(q), *_strided(k),
+              *_strided(v), np.ascontiguousarray(att), mask, use_mask, *_strided(dq),
+              *_strided(dk), *_strided(dv))
     return dq, dk, dv

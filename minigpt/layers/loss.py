@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+import kernels
+from minigpt import backend
+
 
 def cross_entropy(logits: np.ndarray, targets: np.ndarray, ignore_index: int = -100,
                   grad: bool = True):
@@ -30,6 +33,8 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray, ignore_index: int = -
     if n == 0:
         raise ValueError(f"every target equals ignore_index={ignore_index}: there is no position to "
                          "average the loss over; give at least one real target id")
+    if grad and backend.numba_enabled():   # one row-parallel pass: max, sum of exp, gradient
+        return kernels.cross_entropy_numba(logits, targets, ignore_index)
     rows = np.arange(z.shape[0])
     y_safe = np.where(counted, y, 0)                       # any valid index for ignored rows
     e = z - z.max(axis=1, keepdims=True)                   # (N_all, V)  shifted logits, max is 0

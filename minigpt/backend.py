@@ -1,0 +1,62 @@
+"""The kernel switch: Numba kernels (default) or the pure NumPy reference code in the layers.
+
+    MINIGPT_KERNELS=numba   (default) layernorm, GELU, attention, cross-entropy and the embedding
+                            backward run the Numba kernels of the top-level ``kernels`` package
+    MINIGPT_KERNELS=numpy   every layer runs its readable NumPy code (the reference path)
+
+The environment variable sets the starting value; in code use the context manager::
+
+    with minigpt.backend.use("numpy"):
+        loss, grads = model.loss_and_grads(idx, targets)
+
+Both paths produce the same caches, so a forward on one and a backward on the other compose.
+Dense products (the projections and the LM head) stay NumPy ``@`` (BLAS) on both paths: it is
+faster than the tiled Numba matmul (see ``minigpt bench`` and docs/kernels.md).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+ENV_VAR = "MINIGPT_KERNELS"
+BACKENDS = ("numba", "numpy")
+
+
+def _validate(name: str, source: str) -> str:
+    name = name.strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"{source}={name!r} is not a kernel backend; use one of {BACKENDS}")
+    return name
+
+
+_current = _validate(os.environ.get(ENV_VAR, "numba"), ENV_VAR)
+
+
+def get_backend() -> str:
+    """The active backend: "numba" or "numpy"."""
+    return _current
+
+
+def set_backend(name: str) -> None:
+    """Switch the backend for the whole process ("numba" or "numpy")."""
+    global _current
+    _current = _validate(name, "backend")
+
+
+def numba_enabled() -> bool:
+    """True when the layers should dispatch to the Numba kernels."""
+    return _current == "numba"
+
+
+@contextmanager
+def use(name: str) -> Iterator[None]:
+    """Run a block of code on one backend, restoring the previous one afterwards."""
+    global _current
+    previous = _current
+    _current = _validate(name, "backend")
+    try:
+        yield
+    finally:
+        _current = previous
