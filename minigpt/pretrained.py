@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from minigpt import download
+from minigpt import download, tf_checkpoint
 from minigpt.config import PRETRAINED_CONFIGS, GPTConfig
 from minigpt.model import GPTModel, param_shapes
 from minigpt.safetensors_io import SafetensorsError, SafetensorsFile, save_file
@@ -230,28 +230,36 @@ def infer_config(shapes: dict[str, tuple[int, ...]], fmt: str, n_heads: int | No
 
 
 # --- paths ----------------------------------------------------------------------------------------
-def resolve(path_or_name: str | os.PathLike, **download_kwargs) -> tuple[Path, dict | None, str | None]:
-    """-> (weights file, config dict or None, known GPT-2 name or None).
+def resolve(path_or_name: str | os.PathLike,
+            **download_kwargs) -> tuple[Path, dict | None, str | None, str]:
+    """-> (weights, config dict or None, known GPT-2 name or None, kind "safetensors" or "tf").
 
-    Accepts a directory (``model.safetensors`` + ``config.json``), a ``.safetensors`` file (its
-    sibling config.json is used only when the file is called model.safetensors), or a name from
-    ``minigpt.download.MODEL_NAMES`` (downloaded into the cache unless it is there already).
+    Accepts a directory (``model.safetensors`` + ``config.json``, or OpenAI's TensorFlow files:
+    ``hparams.json`` + ``model.ckpt.*``), a ``.safetensors`` file (its sibling config.json is used
+    only when the file is called model.safetensors), a TF checkpoint prefix or one of its files, or
+    a name from ``minigpt.download.MODEL_NAMES`` (downloaded into the cache unless it is there).
     """
     p = Path(path_or_name).expanduser()
     name = None
     if not p.exists() and str(path_or_name) in download.MODEL_NAMES:
         name = str(path_or_name)
         p = download.model_dir(name, **download_kwargs)
+    tf_prefix = tf_checkpoint.find_prefix(p) if p.exists() or p.parent.is_dir() else None
     if p.is_dir():
         weights = p / WEIGHTS_FILE
         if not weights.is_file():
+            if tf_prefix is not None:
+                return tf_prefix, tf_checkpoint.read_hparams(tf_prefix), name, "tf"
             found = sorted(x.name for x in p.iterdir())[:10]
             hint = ""
             if any(f.endswith(_PICKLE_SUFFIXES) for f in found):
                 hint = (" It holds a PyTorch pickle file: minigpt never unpickles (it can run code); "
                         "save the weights as safetensors first.")
-            raise FileNotFoundError(f"{p} has no {WEIGHTS_FILE} (it holds {found}).{hint}")
+            raise FileNotFoundError(f"{p} has no {WEIGHTS_FILE} and no TensorFlow checkpoint (it "
+                                    f"holds {found}).{hint}")
         config_path = p / CONFIG_FILE
+    elif tf_prefix is not None and not p.name.endswith(".safetensors"):
+        return tf_prefix, tf_checkpoint.read_hparams(tf_prefix), name, "tf"
     elif p.is_file():
         if p.suffix.lower() in _PICKLE_SUFFIXES:
             raise ValueError(f"{p} is a PyTorch pickle file; minigpt reads safetensors only (never "
@@ -269,7 +277,7 @@ def resolve(path_or_name: str | os.PathLike, **download_kwargs) -> tuple[Path, d
             config = json.loads(config_path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{config_path} is not valid JSON ({e})") from None
-    return weights, config, name
+    return weights, config, name, "safetensors"
 
 
 # --- loading --------------------------------------------------------------------------------------
@@ -280,13 +288,15 @@ def from_pretrained(path_or_name: str | os.PathLike, dtype=np.float32, *,
 
     ``path_or_name``: "gpt2" / "gpt2-medium" / "gpt2-large" / "gpt2-xl" (downloaded and cached, see
     ``minigpt.download``), a Hugging Face GPT-2 directory or ``.safetensors`` file of any shape, the
-    book's converted ``gpt2-*.safetensors``, or a minigpt checkpoint directory.
+    book's converted ``gpt2-*.safetensors``, OpenAI's TensorFlow checkpoint folder (what the book's
+    ``gpt_download.py`` saves, e.g. ``gpt2/124M``), or a minigpt checkpoint directory.
     ``drop_rate``: dropout for later finetuning (default 0.0, or the saved value for a minigpt config).
     ``n_heads``: only for a file without config.json whose width is not one of GPT-2's.
     Raises ValueError (SafetensorsError) naming every missing, unexpected or mis-shaped tensor.
     """
-    weights, config, name = resolve(path_or_name, progress=progress, **download_kwargs)
-    with SafetensorsFile(weights) as f:
+    weights, config, name, kind = resolve(path_or_name, progress=progress, **download_kwargs)
+    opener = tf_checkpoint.TFCheckpoint if kind == "tf" else SafetensorsFile
+    with opener(weights) as f:
         canon_of = _strip_prefix(f.keys())
         key_of = {c: k for k, c in canon_of.items()}           # canonical -> key in the file
         shapes = {c: f.shape(k) for k, c in canon_of.items()}
