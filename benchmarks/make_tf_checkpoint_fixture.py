@@ -38,14 +38,15 @@ from minigpt.tf_checkpoint import TFCheckpoint
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "gpt2_tf_tiny"
 HP = {"n_vocab": 101, "n_ctx": 16, "n_embd": 24, "n_head": 2, "n_layer": 2}
+HP_124M = {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
 
 
-def openai_variables(seed: int = 0) -> dict[str, np.ndarray]:
+def openai_variables(seed: int = 0, hp: dict = HP) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    V, T, C, L = HP["n_vocab"], HP["n_ctx"], HP["n_embd"], HP["n_layer"]
+    V, T, C, L = hp["n_vocab"], hp["n_ctx"], hp["n_embd"], hp["n_layer"]
 
     def r(*shape, scale=0.2):
-        return (scale * rng.standard_normal(shape)).astype(np.float32)
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
 
     v = {"model/wte": r(V, C), "model/wpe": r(T, C),
          "model/ln_f/g": 1 + r(C, scale=0.3), "model/ln_f/b": r(C, scale=0.1)}
@@ -60,7 +61,7 @@ def openai_variables(seed: int = 0) -> dict[str, np.ndarray]:
     return v
 
 
-def write_tf(directory: Path, variables: dict[str, np.ndarray]) -> Path:
+def write_tf(directory: Path, variables: dict[str, np.ndarray], hp: dict = HP) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     graph = tf.Graph()
     with graph.as_default():
@@ -70,15 +71,40 @@ def write_tf(directory: Path, variables: dict[str, np.ndarray]) -> Path:
         with tf.compat.v1.Session(graph=graph) as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
             prefix = saver.save(sess, str(directory / "model.ckpt"))
-    (directory / "hparams.json").write_text(json.dumps(HP, indent=2))
+    (directory / "hparams.json").write_text(json.dumps(hp, indent=2))
     return Path(prefix)
+
+
+def time_124m() -> None:
+    import time
+
+    from minigpt.pretrained import from_pretrained
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = write_tf(Path(tmp) / "124M", openai_variables(1, HP_124M), HP_124M)
+        size = Path(str(prefix) + ".data-00000-of-00001").stat().st_size
+        for verify in (True, False):
+            t0 = time.perf_counter()
+            with TFCheckpoint(prefix, verify=verify) as f:
+                for k in f.keys():
+                    f.get(k)
+            t1 = time.perf_counter()
+            print(f"124M-shaped TF checkpoint ({size / 2**20:.1f} MiB): reading every tensor "
+                  f"{'with' if verify else 'without'} CRC32C checks: {t1 - t0:.2f} s")
+        t0 = time.perf_counter()
+        m = from_pretrained(prefix.parent)
+        print(f"from_pretrained({prefix.parent.name}/) -> {m.num_params:,} parameters in "
+              f"{time.perf_counter() - t0:.2f} s (CRC32C checked)")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write-fixture", action="store_true")
+    ap.add_argument("--time-124m", action="store_true",
+                    help="also write a checkpoint with GPT-2 124M's shapes and time minigpt loading it")
     args = ap.parse_args()
     print(f"TensorFlow {tf.__version__}")
+    if args.time_124m:
+        time_124m()
     variables = openai_variables()
     with tempfile.TemporaryDirectory() as tmp:
         prefix = write_tf(Path(tmp) / "124M-like", variables)
