@@ -1,6 +1,6 @@
 """Tokenizer speed: minigpt vs tiktoken vs Hugging Face tokenizers, one thread, same run.
 
-    python benchmarks/bench_tokenizer.py CORPUS.txt [CORPUS.txt ...] [--repeat 5]
+    python benchmarks/bench_tokenizer.py CORPUS.txt [CORPUS.txt ...] [--repeat 5] [--lines]
            [--train-corpus corpus_prose_1MB.txt] [--merges 1000] [--edu-json edu_merges.json]
 
 Corpora: build them with `bash ../shared/tools/make_corpus.sh /work/corpus` (not in the repo);
@@ -8,6 +8,7 @@ without arguments the-verdict.txt (20 kB) is used. Each corpus is read with newl
 as ONE string (encode_ordinary). Rows:
 - minigpt warm: the tokenizer's pre-token cache kept between repeats (what a long-lived tokenizer
   sees); minigpt cold: the cache emptied before every repeat (every distinct word merged once);
+  minigpt readable path: regex.findall + dict cache + batched merges (use_fast=False), warm;
 - tiktoken / HF tokenizers: when installed (they are not minigpt dependencies), built offline from
   minigpt's shipped GPT-2 files; their ids are checked against minigpt's before timing.
 Repeats alternate between the implementations so machine load hits all alike; the table shows
@@ -64,7 +65,7 @@ def peers(tok: Tokenizer, tmp: str) -> dict:
     return out
 
 
-def bench_encode(path: str, tok: Tokenizer, others: dict, repeat: int) -> None:
+def bench_encode(path: str, tok: Tokenizer, others: dict, repeat: int, lines: bool) -> None:
     with open(path, encoding="utf-8", newline="") as f:
         text = f.read()
     mb = len(text.encode("utf-8")) / 1e6
@@ -75,8 +76,24 @@ def bench_encode(path: str, tok: Tokenizer, others: dict, repeat: int) -> None:
         _t.clear_cache()
         return _t.encode_ordinary(s)
     impls["minigpt cold"] = cold
+    readable = Tokenizer.gpt2()
+    readable.use_fast = False
+    impls["minigpt readable path"] = readable.encode_ordinary
+    if readable.encode_ordinary(text) != want:
+        print("# minigpt readable path: ids DIFFERENT from the compiled path")
+    if lines:
+        items = text.splitlines(keepends=True)
+
+        def per_line(fn):
+            return lambda s: [fn(x) for x in items]
+        impls = {k: per_line(v) for k, v in impls.items() if k != "minigpt cold"}
+        others = {k: per_line(v) for k, v in others.items()}
+    if lines:
+        want = [i for ids in impls["minigpt warm"](text) for i in ids]
     for name, fn in others.items():
         got = fn(text)
+        if lines:
+            got = [i for ids in got for i in ids]
         ok = got == want
         print(f"# {name}: ids {'EQUAL' if ok else 'DIFFERENT'} to minigpt ({len(got):,} vs {len(want):,} tokens)")
         impls[name] = fn
@@ -86,13 +103,15 @@ def bench_encode(path: str, tok: Tokenizer, others: dict, repeat: int) -> None:
             t0 = time.perf_counter()
             fn(text)
             times[name].append(time.perf_counter() - t0)
-    print(f"\n{os.path.basename(path)}: {mb:.2f} MB, {len(want):,} tokens, whole string, {repeat} repeats")
-    print(f"{'implementation':<28} {'MB/s median':>12} {'min..max':>14}   ratio minigpt-warm / cold vs this")
+    how = f"line by line ({len(text.splitlines()):,} lines)" if lines else "whole string"
+    print(f"\n{os.path.basename(path)}: {mb:.2f} MB, {len(want):,} tokens, {how}, {repeat} repeats")
+    print(f"{'implementation':<28} {'MB/s median':>12} {'min..max':>14}   ratio minigpt (warm, cold) / this")
     med = {k: mb / statistics.median(v) for k, v in times.items()}
     for name, ts in times.items():
         lo, hi = mb / max(ts), mb / min(ts)
         ratio = "" if name.startswith("minigpt") else \
-            f"   warm {med['minigpt warm'] / med[name]:.2f}  cold {med['minigpt cold'] / med[name]:.2f}"
+            f"   warm {med['minigpt warm'] / med[name]:.2f}" + \
+            (f"  cold {med['minigpt cold'] / med[name]:.2f}" if "minigpt cold" in med else "")
         print(f"{name:<28} {med[name]:>12.2f} {lo:>6.2f}..{hi:<6.2f}{ratio}")
 
 
@@ -140,6 +159,7 @@ def main() -> int:
     ap.add_argument("--merges", type=int, default=1000)
     ap.add_argument("--train-repeat", type=int, default=3)
     ap.add_argument("--edu-json", default=None)
+    ap.add_argument("--lines", action="store_true", help="also time line-by-line encoding")
     args = ap.parse_args()
     import numba
     print(f"# python {platform.python_version()}, numba {numba.__version__}, {os.cpu_count()} cpus, "
@@ -152,7 +172,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         others = peers(tok, tmp)
         for path in corpora:
-            bench_encode(path, tok, others, args.repeat)
+            bench_encode(path, tok, others, args.repeat, lines=False)
+            if args.lines:
+                bench_encode(path, tok, others, args.repeat, lines=True)
     if args.train_corpus:
         bench_train(args.train_corpus, args.merges, args.train_repeat, args.edu_json)
     return 0

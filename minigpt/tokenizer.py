@@ -300,7 +300,7 @@ class Tokenizer:
 
     def _encode_chunk(self, text: str) -> list[int]:
         if self.use_fast:
-            return self._fast.encode(text.encode("utf-8")).tolist()
+            return self._fast.encode(text.encode("utf-8"))
         return self._encode_chunk_regex(text)
 
     def _encode_chunk_regex(self, text: str) -> list[int]:
