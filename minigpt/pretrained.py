@@ -323,7 +323,9 @@ def from_pretrained(path_or_name: str | os.PathLike, dtype=np.float32, *,
                 else:
                     view = dest if pc.cols is None else dest[..., pc.cols[0]:pc.cols[1]]
                     view[...] = f.get(key, dtype).T if pc.transpose else f.get(key, dtype)
-        if config is not None and cfg.tie_weights and head in shapes and not _equal(f, key_of[head], key_of[_wte(fmt)]):
+        stored_head_differs = (config is not None and cfg.tie_weights and head in shapes
+                               and not _equal(f, key_of[head], key_of[_wte(fmt)]))
+        if stored_head_differs:
             raise SafetensorsError(f"{weights}: the config says the LM head is tied to the token "
                                    f"embedding, but the stored {head!r} differs from it")
         if not cfg.qkv_bias and fmt == "hf" and "h.0.attn.c_attn.bias" in shapes:
@@ -353,10 +355,12 @@ def _wte(fmt: str) -> str:
     return "tok_emb.weight" if fmt == "book" else "wte.weight"
 
 
-def _equal(f: SafetensorsFile, a: str, b: str) -> bool:
+def _equal(f, a: str, b: str) -> bool:
     """Two stored tensors equal, compared in row blocks (bounded memory for 50257 x 1600)."""
     if f.shape(a) != f.shape(b):
         return False
+    if not hasattr(f, "memmap"):  # a TensorFlow checkpoint: small enough to compare whole
+        return bool(np.array_equal(f.get(a), f.get(b)))
     ma, mb = f.memmap(a), f.memmap(b)
     step = max(1, (8 << 20) // max(1, ma[0].nbytes if ma.ndim else 1))
     try:
