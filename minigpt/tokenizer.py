@@ -273,6 +273,8 @@ class Tokenizer:
             disallowed = set(self._special) - allowed
         else:
             disallowed = set(disallowed_special)
+        if not any(sp in text for sp in self._special):         # the common case: C-speed scans
+            return self.encode_ordinary(text)
         if disallowed:
             for m in self._special_re.finditer(text):
                 if m.group() in disallowed:
