@@ -33,16 +33,19 @@ BUNDLED_TEXTS = {"the-verdict": "the-verdict.txt"}
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
-                   help="gpt2 | gpt2-medium | gpt2-large | gpt2-xl | path to a checkpoint")
+                   help="gpt2 | gpt2-medium | gpt2-large | gpt2-xl (downloaded once), or a path: a "
+                        "Hugging Face directory or .safetensors file, the book's converted file, "
+                        "OpenAI's TensorFlow folder (gpt2/124M), a training run")
     p.add_argument("--text", required=True,
                    help="a UTF-8 text file, or 'the-verdict' for the book's short story (bundled)")
     p.add_argument("--max-length", type=int, default=256, help="window length in tokens")
-    p.add_argument("--stride", type=int, default=None, help="window stride (default: max-length)")
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--stride", type=int, default=0, help="window stride (0: the window length)")
+    p.add_argument("--batch-size", type=int, default=2, help="windows per batch")
     p.add_argument("--train-ratio", type=float, default=0.9, help="character split point")
-    p.add_argument("--num-batches", type=int, default=None,
-                   help="evaluate only the first N batches of each split (default: all)")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--num-batches", type=int, default=0,
+                   help="evaluate only the first N batches of each split (0: all)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="the model's precision")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--offline", action="store_true",
                    help="never download (same as MINIGPT_OFFLINE=1)")
@@ -74,6 +77,8 @@ def evaluate_text(model: Any, text: str, tokenizer: Any, *, max_length: int = 25
     from minigpt.train import calc_loss_loader
 
     stride = max_length if stride is None else stride
+    if num_batches is not None and num_batches < 1:
+        raise ValueError(f"num_batches must be at least 1 (or None for all), got {num_batches}")
     if max_length > model.cfg.context_length:
         raise ValueError(f"--max-length {max_length} exceeds the model's context_length "
                          f"{model.cfg.context_length}")
@@ -112,8 +117,8 @@ def run(args) -> int:
     t_load = time.perf_counter() - t0
     t0 = time.perf_counter()
     r = evaluate_text(model, text, Tokenizer.gpt2(), max_length=args.max_length,
-                      stride=args.stride, batch_size=args.batch_size,
-                      train_ratio=args.train_ratio, num_batches=args.num_batches)
+                      stride=args.stride or None, batch_size=args.batch_size,
+                      train_ratio=args.train_ratio, num_batches=args.num_batches or None)
     t_eval = time.perf_counter() - t0
     cfg = model.cfg
     if args.json:
