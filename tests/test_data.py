@@ -127,3 +127,22 @@ def test_dataset_and_loader_errors(tok):
         DataLoader(np.zeros((2, 2)))
     with pytest.raises(ValueError, match="train_ratio"):
         train_val_split("abc", 1.5)
+
+
+def test_evaluation_inside_an_epoch_does_not_disturb_it():
+    """train.py's pattern: while a training iteration is live, calc_loss_loader saves the state,
+    reads a few batches from the same loader and restores it; training continues unchanged."""
+    x, y = windows(np.arange(200), 4, 4)                              # 49 windows
+    ref = [bx.copy() for bx, _ in DataLoader(x, y, batch_size=4, shuffle=True, drop_last=True, seed=3)]
+    loader = DataLoader(x, y, batch_size=4, shuffle=True, drop_last=True, seed=3)
+    got = []
+    for bx, _ in loader:
+        got.append(bx.copy())
+        state = loader.state_dict()
+        for i, _ in enumerate(loader):                                 # the evaluation
+            if i >= 2:
+                break
+        loader.load_state_dict(state)
+    assert len(got) == len(ref) == 12
+    assert all((p == q).all() for p, q in zip(ref, got, strict=True))
+    assert loader.state_dict() == {"epoch": 1, "batch": 0, "seed": 3}
