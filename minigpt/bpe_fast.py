@@ -263,7 +263,7 @@ def _pre_tokenize_impl(data, cat):
 
 
 if numba is not None:
-    _jit = numba.njit(cache=True, nogil=True)
+    _jit = numba.njit(cache=True)  # holds the GIL: the cache and buffers are shared between calls
     _cp = _jit(_cp_impl)
     _piece_end = _jit(_piece_end_impl)
     _hash = _jit(_hash_impl)
