@@ -17,7 +17,9 @@ What it checks, for a tied and an untied head:
 2. the same weights under the book's names (``tok_emb``, ``trf_blocks.{i}.att.W_query`` ... in
    ``nn.Linear`` (out, in) layout, with the stored ``att.mask`` buffers) give the same logits;
 3. minigpt -> transformers: a minigpt model (perturbed away from its init; with and without qkv bias)
-   saved by ``save_pretrained`` loads in ``GPT2LMHeadModel.from_pretrained`` with the same logits.
+   saved by ``save_pretrained`` loads in ``GPT2LMHeadModel.from_pretrained`` with the same logits;
+4. a 50257-token model saved with its tokenizer files: ``AutoTokenizer`` gives minigpt's token ids
+   and ``pipeline("text-generation")`` minigpt's greedy text.
 
 ``--write-fixture`` also writes tests/fixtures/gpt2_tiny/ (the tied checkpoint as transformers wrote
 it, in float32, and expected.safetensors with transformers' float64 outputs), which the test suite
@@ -208,6 +210,32 @@ def minigpt_to_hf(qkv_bias: bool, tied: bool, work: Path, failures: list[str]) -
         failures.append(f"save/load round trip changed the model (qkv_bias={qkv_bias}, tied={tied})")
 
 
+def tokenizer_files(work: Path, failures: list[str]) -> None:
+    """save_pretrained also writes GPT-2's tokenizer files: AutoTokenizer and pipeline() work."""
+    from transformers import AutoTokenizer, pipeline
+    print("minigpt -> transformers, a 50257-token model with its tokenizer files")
+    cfg = minigpt.GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_heads=2,
+                            n_layers=2, drop_rate=0.0, qkv_bias=True, tie_weights=True)
+    m = minigpt.GPTModel(cfg, seed=5, dtype=np.float32)
+    d = save_pretrained(m, work / "with_tokenizer")
+    tok = minigpt.Tokenizer.gpt2()
+    hf_tok = AutoTokenizer.from_pretrained(d)
+    texts = ["Every effort moves you", "Hello, world! <|endoftext|> In the sunlit terraces",
+             "  multiple   spaces\n\nand newlines", "naïve café, 日本語, emoji 🙂", "1234567 it's"]
+    same = all(hf_tok.encode(t) == tok.encode(t, allowed_special="all") for t in texts)
+    print(f"  AutoTokenizer ids == minigpt.Tokenizer.gpt2() ids on {len(texts)} texts: {same}")
+    if not same:
+        failures.append("tokenizer ids differ")
+    gen = pipeline("text-generation", model=str(d), device="cpu")
+    prompt = "Every effort moves you"
+    out = gen(prompt, max_new_tokens=10, do_sample=False)[0]["generated_text"]
+    ids = generate(m, np.array([tok.encode(prompt)]), max_new_tokens=10, temperature=0.0)
+    ours = tok.decode(ids[0].tolist())
+    print(f"  pipeline('text-generation') greedy == minigpt generate: {out == ours}")
+    if out != ours:
+        failures.append(f"pipeline text differs: {out!r} vs {ours!r}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write-fixture", action="store_true",
@@ -223,6 +251,7 @@ def main() -> int:
             hf_to_minigpt(tied, work, failures, args.write_fixture)
         for qkv_bias, tied in ((True, True), (False, False)):
             minigpt_to_hf(qkv_bias, tied, work, failures)
+        tokenizer_files(work, failures)
     print("ALL OK" if not failures else "FAILURES:\n  " + "\n  ".join(failures))
     return 1 if failures else 0
 

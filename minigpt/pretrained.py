@@ -29,6 +29,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -446,10 +447,17 @@ def hf_state(model: GPTModel, dtype=None) -> dict[str, np.ndarray]:
     return out
 
 
-def save_pretrained(model: GPTModel, directory: str | os.PathLike, *, dtype=None) -> Path:
+def save_pretrained(model: GPTModel, directory: str | os.PathLike, *, dtype=None,
+                    tokenizer: bool | None = None) -> Path:
     """Write ``config.json`` and ``model.safetensors`` that ``GPT2LMHeadModel.from_pretrained``
     loads (and ``from_pretrained`` here too). ``dtype``: cast on the way out (default: the model's).
-    Both files are written atomically. Returns the directory."""
+
+    ``tokenizer``: also write GPT-2's tokenizer files (``vocab.json``, ``merges.txt``,
+    ``tokenizer_config.json``, from the vocabulary minigpt ships), so that transformers'
+    ``AutoTokenizer`` and ``pipeline("text-generation", model=directory)`` work on the folder.
+    Default: when the vocabulary size is GPT-2's 50257. Every file is written atomically.
+    Returns the directory.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(model.dtype)
@@ -457,9 +465,35 @@ def save_pretrained(model: GPTModel, directory: str | os.PathLike, *, dtype=None
         raise ValueError(f"save dtype must be float16, float32 or float64, got {out_dtype}")
     save_file(hf_state(model, None if dtype is None else out_dtype), directory / WEIGHTS_FILE,
               metadata={"format": "pt"})
-    text = json.dumps(config_to_hf(model.cfg, out_dtype), indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=directory)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, directory / CONFIG_FILE)
+    _write_atomic(directory / CONFIG_FILE, json.dumps(config_to_hf(model.cfg, out_dtype), indent=2))
+    if tokenizer is None:
+        tokenizer = model.cfg.vocab_size == GPT2_VOCAB_SIZE
+    if tokenizer:
+        if model.cfg.vocab_size != GPT2_VOCAB_SIZE:
+            raise ValueError(f"GPT-2's tokenizer has {GPT2_VOCAB_SIZE} tokens, the model "
+                             f"{model.cfg.vocab_size}; save with tokenizer=False")
+        assets = resources.files("minigpt") / "assets" / "gpt2"
+        _write_atomic(directory / "vocab.json", (assets / "encoder.json").read_text("utf-8"))
+        _write_atomic(directory / "merges.txt", (assets / "vocab.bpe").read_text("utf-8"))
+        eot = "<|endoftext|>"
+        _write_atomic(directory / "tokenizer_config.json", json.dumps({
+            "tokenizer_class": "GPT2Tokenizer", "model_max_length": model.cfg.context_length,
+            "bos_token": eot, "eos_token": eot, "unk_token": eot, "add_prefix_space": False,
+        }, indent=2))
     return directory
+
+
+GPT2_VOCAB_SIZE = 50257
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text if text.endswith("\n") else text + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -321,3 +321,20 @@ def test_load_model_reads_training_checkpoints(tmp_path):
 
 def test_load_model_reads_hf_directories():
     assert load_model(FIXTURE, dtype=np.float32).cfg == tiny_cfg()
+
+
+def test_tokenizer_files_for_gpt2_vocabulary(tmp_path):
+    cfg = tiny_cfg(vocab_size=50257, emb_dim=8, n_heads=2, n_layers=1, context_length=16)
+    save_pretrained(minigpt.GPTModel(cfg, seed=0), tmp_path)
+    vocab = json.loads((tmp_path / "vocab.json").read_text())
+    assert len(vocab) == 50257 and vocab["<|endoftext|>"] == 50256
+    merges = (tmp_path / "merges.txt").read_text().splitlines()
+    assert merges[0].startswith("#version") and len(merges) == 50001
+    tc = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert tc["eos_token"] == "<|endoftext|>" and tc["model_max_length"] == 16
+    # a different vocabulary gets no GPT-2 tokenizer files, and asking for them is an error
+    other = tmp_path / "other"
+    save_pretrained(perturbed_model(tiny_cfg()), other)
+    assert not (other / "vocab.json").exists()
+    with pytest.raises(ValueError, match="50257"):
+        save_pretrained(perturbed_model(tiny_cfg()), other, tokenizer=True)
