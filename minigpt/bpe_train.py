@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
+from collections.abc import Collection
 
 import regex
 
@@ -40,8 +41,12 @@ def _first_occurrence(pair: tuple[int, int], where: set[int], words: list[list[i
 
 
 def bpe_train(text: str, vocab_size: int, pattern: str, verbose: bool = False,
-              progress: bool | None = None) -> tuple[list[tuple[bytes, bytes]], dict[bytes, int]]:
+              progress: bool | None = None, split_on: Collection[str] = ()
+              ) -> tuple[list[tuple[bytes, bytes]], dict[bytes, int]]:
     """Learn ``vocab_size - 256`` merges from ``text``.
+
+    split_on: texts (the special tokens) removed from ``text`` before counting; the text on either
+    side is pre-tokenized separately, so no merge learns or crosses them.
 
     Returns (merges, ranks): ``merges[k] = (left bytes, right bytes)`` in the order learned, and
     ``ranks = {token bytes: id}`` with the 256 bytes at ids 0..255 and merge k's token at 256 + k.
@@ -59,7 +64,13 @@ def bpe_train(text: str, vocab_size: int, pattern: str, verbose: bool = False,
     n_merges = vocab_size - 256
 
     # 1. distinct pre-tokens (in order of first appearance) with their counts
-    counts = Counter(regex.findall(pattern, text))
+    counts: Counter[str] = Counter()
+    if split_on:
+        alts = "|".join(regex.escape(t) for t in sorted(set(split_on), key=len, reverse=True))
+        for part in regex.split(alts, text):
+            counts.update(regex.findall(pattern, part))
+    else:
+        counts.update(regex.findall(pattern, text))
     words: list[list[int]] = [list(w.encode("utf-8")) for w in counts]   # symbols = token ids
     wcount: list[int] = list(counts.values())
     token: list[bytes] = [bytes([i]) for i in range(256)]                  # id -> bytes

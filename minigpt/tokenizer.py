@@ -142,12 +142,13 @@ class Tokenizer:
         pre-tokens of ``pattern``); of equally frequent pairs, the one whose first occurrence comes
         first in the text wins (the rule of ``tiktoken._educational.bpe_train``, whose tokens this
         reproduces in order). Special tokens get the ids after the mergeable ones (or the ids given
-        in a dict). ``progress`` shows a tqdm bar (default: when more than 2,000 merges).
+        in a dict); their text is cut out of the training text first (no merge learns or crosses it). ``progress`` shows a tqdm bar (default: when more than 2,000 merges).
         See ``minigpt.bpe_train`` for the algorithm.
         """
         from minigpt.bpe_train import bpe_train
 
-        merges, ranks = bpe_train(text, vocab_size, pattern, verbose=verbose, progress=progress)
+        merges, ranks = bpe_train(text, vocab_size, pattern, verbose=verbose, progress=progress,
+                                  split_on=list(special_tokens))
         if isinstance(special_tokens, dict):
             special = dict(special_tokens)
         else:

@@ -110,6 +110,14 @@ def test_deterministic_and_encodes(verdict):
     assert len(a.encode_ordinary(verdict)) < 0.6 * len(verdict.encode("utf-8"))
 
 
+def test_special_tokens_are_cut_out_of_training():
+    text = "<|endoftext|>" * 30 + "ab ab ab"
+    assert trained_tokens(Tokenizer.train(text, 257)) == [b"<|"]
+    tok = Tokenizer.train(text, 257, special_tokens=["<|endoftext|>"])
+    assert trained_tokens(tok) == [b"ab"]
+    assert tok.encode("ab<|endoftext|>", allowed_special="all") == [256, 257]
+
+
 def test_custom_pattern_and_special_ids():
     tok = Tokenizer.train("hello hello world", 260, pattern=r"\S+|\s+", special_tokens={"<|x|>": 1000})
     assert tok.pattern == r"\S+|\s+" and tok.special_tokens == {"<|x|>": 1000}
