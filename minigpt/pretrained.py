@@ -242,7 +242,9 @@ def resolve(path_or_name: str | os.PathLike,
     """
     p = Path(path_or_name).expanduser()
     name = None
-    if not p.exists() and str(path_or_name) in download.MODEL_NAMES:
+    # a model name, unless a folder of that name holds weights (the book's code leaves a ./gpt2/
+    # folder with 124M/ etc. inside, which must not shadow the name)
+    if str(path_or_name) in download.MODEL_NAMES and not _holds_weights(p):
         name = str(path_or_name)
         p = download.model_dir(name, **download_kwargs)
     tf_prefix = tf_checkpoint.find_prefix(p) if p.exists() or p.parent.is_dir() else None
@@ -253,6 +255,9 @@ def resolve(path_or_name: str | os.PathLike,
                 return tf_prefix, tf_checkpoint.read_hparams(tf_prefix), name, "tf"
             found = sorted(x.name for x in p.iterdir())[:10]
             hint = ""
+            inner = [x for x in sorted(p.iterdir()) if x.is_dir() and _holds_weights(x)]
+            if inner:
+                hint = f" Did you mean {inner[0]}?"
             if any(f.endswith(_PICKLE_SUFFIXES) for f in found):
                 hint = (" It holds a PyTorch pickle file: minigpt never unpickles (it can run code); "
                         "save the weights as safetensors first.")
@@ -279,6 +284,14 @@ def resolve(path_or_name: str | os.PathLike,
         except json.JSONDecodeError as e:
             raise ValueError(f"{config_path} is not valid JSON ({e})") from None
     return weights, config, name, "safetensors"
+
+
+def _holds_weights(p: Path) -> bool:
+    """A file, or a folder with model.safetensors or a TensorFlow checkpoint."""
+    if p.is_file():
+        return True
+    return p.is_dir() and ((p / WEIGHTS_FILE).is_file() or
+                           tf_checkpoint.find_prefix(p) is not None)
 
 
 # --- loading --------------------------------------------------------------------------------------

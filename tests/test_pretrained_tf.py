@@ -120,3 +120,17 @@ def test_hparams_must_match_the_tensors(tmp_path):
     (d / "hparams.json").write_text(json.dumps(h))
     with pytest.raises(ValueError, match=r"missing \(\d+\): h\.2\."):
         from_pretrained(d)
+
+
+def test_the_books_gpt2_folder_does_not_shadow_the_name(tmp_path, monkeypatch):
+    """The book's download_and_load_gpt2("124M", "gpt2") leaves ./gpt2/124M/: "gpt2" stays a name,
+    and the folder itself gets a hint."""
+    shutil.copytree(FIXTURE, tmp_path / "gpt2" / "124M")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINIGPT_OFFLINE", "1")
+    monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="MINIGPT_OFFLINE"):   # the name, not the folder
+        from_pretrained("gpt2")
+    with pytest.raises(FileNotFoundError, match=r"Did you mean .*gpt2/124M"):
+        from_pretrained("./gpt2")
+    assert from_pretrained("gpt2/124M").cfg.n_layers == 2
