@@ -184,7 +184,7 @@ def _encode_impl(data, cat, byte_ids, rows, cols, prios, news, whole, v_slots, v
             o = _merge_piece(data, i, ln, byte_ids, rows, cols, prios, news, ids, nxt, prv,
                              hp, hpos, hl, hr, out, o)
         vl = o - o0
-        if ln <= _MAX_CACHED_PIECE:                                  # remember it
+        if ln <= _MAX_CACHED_PIECE and ln <= len(c_keys) and vl <= len(c_vals):   # remember it
             if c_n[0] + 1 > max_entries or c_n[1] + ln > len(c_keys) or c_n[2] + vl > len(c_vals):
                 c_slots[:] = -1                                      # full: start over
                 c_n[:] = 0

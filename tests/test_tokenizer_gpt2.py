@@ -123,6 +123,13 @@ def test_fast_cache_reset(tok, verdict, monkeypatch):
     for chunk in (verdict[:5000], verdict, verdict[100:9000]):
         assert small.encode_ordinary(chunk) == tok.encode_ordinary(chunk)
     assert 0 < small._fast.c_n[0] <= 64
+    monkeypatch.setattr(F, "_MAX_ENTRIES", 1 << 10)
+    monkeypatch.setattr(F, "_KEY_BYTES", 40)              # arenas smaller than some pre-tokens
+    monkeypatch.setattr(F, "_VAL_IDS", 8)
+    tiny = Tokenizer.gpt2()
+    text = verdict[:3000] + " " + "x" * 100 + " supercalifragilisticexpialidocious" * 3
+    assert tiny.encode_ordinary(text) == tok.encode_ordinary(text)
+    assert tiny._fast.c_n[1] <= 40 and tiny._fast.c_n[2] <= 8
 
 
 # ------------------------------------------------------------------ the compiled path vs the readable one
