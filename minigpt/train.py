@@ -138,6 +138,42 @@ def plot_losses(steps: list[int], tokens_seen: list[int], train_losses: list[flo
     return path
 
 
+# --- threads ------------------------------------------------------------------------------------------
+def set_num_threads(n: int) -> dict[str, int | None]:
+    """Use ``n`` threads in Numba's parallel kernels and in NumPy's OpenBLAS, at run time.
+
+    Two pools of busy-waiting threads (OpenBLAS's and Numba's) on 2 cores slow each other down, and
+    a loaded machine makes it worse, so ``--threads 1`` can be the faster choice; results are
+    bit-identical only between runs with the same setting. Returns what was set (None: not found).
+    """
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    done: dict[str, int | None] = {"numba": None, "openblas": None}
+    try:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        done["numba"] = numba.get_num_threads()
+    except (ImportError, ValueError):
+        pass
+    import ctypes
+    import glob
+
+    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*"))
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for sym in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                    "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            if hasattr(lib, sym):
+                getattr(lib, sym)(ctypes.c_int(n))
+                done["openblas"] = n
+                break
+    return done
+
+
 # --- settings and results ------------------------------------------------------------------------------
 @dataclass
 class TrainSettings:
@@ -164,6 +200,7 @@ class TrainSettings:
     seed: int = 123                         # the dropout RNG
     start_context: str = "Every effort moves you"
     sample_tokens: int = 50
+    sample_every: int = 1                   # epochs between samples (and always after the last)
     plot: bool = True
     progress: bool = True
 
@@ -402,7 +439,8 @@ def train(
                 # the epoch is complete
                 epoch += 1
                 batch_in_epoch = 0
-                if tokenizer is not None and s.sample_tokens > 0:
+                if tokenizer is not None and s.sample_tokens > 0 and (
+                        epoch % max(1, s.sample_every) == 0 or res.step >= total_steps):
                     generate_and_print_sample(model, tokenizer, s.start_context, s.sample_tokens, out)
             if stop.requested:
                 res.status = "interrupted"
