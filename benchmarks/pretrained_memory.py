@@ -4,7 +4,8 @@
 
 Writes a checkpoint with GPT-2 124M's shapes and random float32 weights (HF names, ~498 MB) to a
 temporary directory, then loads it in fresh subprocesses, one per method, and reports each one's
-peak resident memory (``ru_maxrss``) above the process's memory just before loading:
+peak resident memory (``VmHWM``, reset to the current RSS just before loading through
+``/proc/self/clear_refs``) above the process's memory just before loading:
 
   minigpt.from_pretrained        the loader: header parsed, every tensor ``readinto`` the model's
                                  flat buffer (no intermediate array)
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,12 +36,18 @@ METHODS = ["model only", "minigpt.from_pretrained", "safetensors.load_file + cop
            "np.memmap + copy", "model only, float64", "minigpt.from_pretrained, float64"]
 
 
-def rss_mb() -> float:
+def status_mb(key: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def reset_peak() -> None:
+    """Reset VmHWM (the peak RSS) to the current RSS, so import-time peaks do not count."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def child(method: str, path: str) -> None:
@@ -51,7 +57,8 @@ def child(method: str, path: str) -> None:
     from minigpt.safetensors_io import load_file
 
     cfg = pretrained.config_from_hf(json.loads((Path(path) / "config.json").read_text()))
-    before = rss_mb()
+    reset_peak()
+    before = status_mb("VmRSS")
     t0 = time.perf_counter()
     if method == "model only":
         m = pretrained._empty_model(cfg, np.float32)
@@ -77,7 +84,7 @@ def child(method: str, path: str) -> None:
     else:
         raise ValueError(method)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = status_mb("VmHWM")
     checksum = float(m.flat_params[::9973].astype(np.float64).sum())
     print(json.dumps({"method": method, "before_mb": before, "peak_mb": peak,
                       "seconds": seconds, "checksum": checksum}))
