@@ -26,8 +26,12 @@ CHILD = textwrap.dedent("""
         for line in open("/proc/self/status"):
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
-    with open("/proc/self/clear_refs", "w") as f:   # reset the peak (VmHWM) to the current RSS:
-        f.write("5")                                 # import-time peaks must not count
+    try:
+        with open("/proc/self/clear_refs", "w") as f:   # reset the peak (VmHWM) to the current
+            f.write("5")                                 # RSS: import-time peaks must not count
+    except OSError as e:
+        print(json.dumps({"skip": f"cannot reset the peak RSS: {e}"}))
+        sys.exit(0)
     before = status("VmRSS")
     m = from_pretrained(sys.argv[1], dtype=np.float32)
     peak = status("VmHWM")
@@ -45,6 +49,8 @@ def test_peak_memory_of_loading_is_about_one_copy(tmp_path):
     out = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], capture_output=True,
                          text=True, check=True, timeout=120)
     r = json.loads(out.stdout.strip().splitlines()[-1])
+    if "skip" in r:
+        pytest.skip(r["skip"])
     extra = r["peak"] - r["before"]
     assert r["nbytes"] > 40 * 2**20
     # one copy (the model) plus import-time noise; a second copy would be >= 2x
