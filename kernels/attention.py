@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from kernels._fast32 import exp32
+
 from kernels.softmax import causal_softmax_backward_numpy, causal_softmax_forward_numpy
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -86,7 +88,7 @@ def _ix(s, b, h, t, d):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _attn_fwd(q, sq, k, sk, v, sv, out, so, mask, use_mask, att):
+def _attn_fwd(q, sq, k, sk, v, sv, out, so, mask, use_mask, att, fast):
     B, H, Tq, Tk = att.shape
     hs = sq[4]
     off = Tk - Tq
@@ -120,7 +122,7 @@ def _attn_fwd(q, sq, k, sk, v, sv, out, so, mask, use_mask, att):
                     m = s
             tot = zero
             for j in range(last + 1):
-                e = np.exp(a[j] - m)
+                e = exp32(a[j] - m) if fast else np.exp(a[j] - m)
                 a[j] = e
                 tot += e
             inv = dt(1.0) / tot
@@ -224,7 +226,8 @@ def attention_forward_numba(q, k, v, out=None, drop_mask=None):
     att = np.empty((B, H, Tq, Tk), dtype=q.dtype)
     use_mask = drop_mask is not None
     mask = np.ascontiguousarray(drop_mask, dtype=q.dtype) if use_mask else _dummy_mask(q.dtype)
-    _attn_fwd(*_strided(q), *_strided(k), *_strided(v), *_strided(out), mask, use_mask, att)
+    _attn_fwd(*_strided(q), *_strided(k), *_strided(v), *_strided(out), mask, use_mask, att,
+              q.dtype == np.float32)
     return out, att
 
 

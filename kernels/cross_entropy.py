@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from kernels._fast32 import exp32
+
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
@@ -58,7 +60,7 @@ def cross_entropy_numpy(logits, targets, ignore_index=-100, out=None):
 
 # ----------------------------------------------------------------------------- Numba kernel
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _ce(z, t, ignore_index, inv_m, out, row_loss):
+def _ce(z, t, ignore_index, inv_m, out, row_loss, fast):
     N, V = z.shape
     dt = z.dtype.type
     for n in prange(N):
@@ -75,7 +77,7 @@ def _ce(z, t, ignore_index, inv_m, out, row_loss):
                 m = z[n, j]
         s = dt(0.0)
         for j in range(V):
-            e = np.exp(z[n, j] - m)
+            e = exp32(z[n, j] - m) if fast else np.exp(z[n, j] - m)
             out[n, j] = e                    # may overwrite z[n, j] when out is z: read first
             s += e
         row_loss[n] = np.float64(m) + np.log(np.float64(s)) - np.float64(zt)
@@ -96,6 +98,6 @@ def cross_entropy_numba(logits, targets, ignore_index=-100, out=None):
             raise ValueError("cross_entropy: out must be C-contiguous with logits' shape and dtype")
         d = out.reshape(z.shape)
     row_loss = np.empty(z.shape[0], dtype=np.float64)
-    _ce(z, t, ignore_index, 1.0 / M if M else 0.0, d, row_loss)
+    _ce(z, t, ignore_index, 1.0 / M if M else 0.0, d, row_loss, z.dtype == np.float32)
     loss = float(row_loss.sum()) / M if M else float("nan")
     return loss, (d.reshape(logits.shape) if out is None else out)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from kernels._fast32 import exp32
+
 # The safe fastmath subset: no nnan/ninf, because the reference uses -inf masks.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
@@ -57,7 +59,7 @@ def causal_softmax_backward_numpy(dprobs: np.ndarray, probs: np.ndarray) -> np.n
 
 # ----------------------------------------------------------------------------- Numba kernels
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _softmax_fwd(s, p):
+def _softmax_fwd(s, p, fast):
     """s, p: (N, Tq, Tk) C-contiguous. Row-parallel over the N*Tq rows."""
     N, Tq, Tk = s.shape
     off = Tk - Tq
@@ -72,7 +74,7 @@ def _softmax_fwd(s, p):
                 m = s[n, i, j]
         tot = zero
         for j in range(last + 1):
-            e = np.exp(s[n, i, j] - m)
+            e = exp32(s[n, i, j] - m) if fast else np.exp(s[n, i, j] - m)
             p[n, i, j] = e
             tot += e
         inv = s.dtype.type(1.0) / tot
@@ -105,7 +107,7 @@ def causal_softmax_forward_numba(scores: np.ndarray) -> np.ndarray:
     _check_scores(scores)
     s = np.ascontiguousarray(scores).reshape(-1, *scores.shape[-2:])  # (N, Tq, Tk)
     p = np.empty_like(s)
-    _softmax_fwd(s, p)
+    _softmax_fwd(s, p, s.dtype == np.float32)
     return p.reshape(scores.shape)
 
 

@@ -296,3 +296,24 @@ def test_bad_inputs_raise_clear_errors():
         K.adamw_step_numba(z, z, z, z, 1e-3, 0.9, 0.999, 1e-8, 0.0, step=0)
     with pytest.raises(ValueError, match="matmul"):
         K.matmul_numba(np.zeros((2, 3)), np.zeros((4, 2)))
+
+
+def test_fast_float32_exp_and_tanh_accuracy():
+    from numba import njit
+
+    from kernels._fast32 import exp32, tanh32
+
+    @njit
+    def apply(x, out_e, out_t):
+        for i in range(x.shape[0]):
+            out_e[i] = exp32(x[i])
+            out_t[i] = tanh32(x[i])
+
+    x = np.linspace(-87, 88, 200_001).astype(np.float32)
+    e, t = np.empty_like(x), np.empty_like(x)
+    apply(x, e, t)
+    same_dtype(e, t, dtype=np.float32)
+    x64 = x.astype(np.float64)
+    assert np.max(np.abs(e - np.exp(x64)) / np.exp(x64)) < 1e-6        # a few float32 ulp
+    assert np.max(np.abs(t - np.tanh(x64))) < 1e-6
+    assert np.all(t[np.abs(x) > 8] == np.sign(x[np.abs(x) > 8]))       # saturates exactly
