@@ -29,6 +29,14 @@ from collections.abc import Collection
 import regex
 
 
+def _add_where(where: dict[tuple[int, int], set[int]], p: tuple[int, int], w: int) -> None:
+    s = where.get(p)
+    if s is None:
+        where[p] = {w}
+    else:
+        s.add(w)
+
+
 def _first_occurrence(pair: tuple[int, int], where: set[int], words: list[list[int]]) -> tuple[int, int]:
     """(word index, symbol index) of the first occurrence of ``pair`` in text order."""
     a, b = pair
@@ -132,41 +140,46 @@ def bpe_train(text: str, vocab_size: int, pattern: str, verbose: bool = False,
         if verbose:
             print(f"merge {len(merges)}: {token[a]!r} + {token[b]!r} -> {new_bytes!r} (id {new}, count {best_c})")
 
-        # 4. merge it in every word that holds it; update the counts of the pairs that change
+        # 4. merge it in every word that holds it, left to right; each merge at i changes only
+        #    the pairs around it: (left, a) -> (left, new), (a, b) goes, (b, right) -> (new, right)
+        #    (a merge right after another sees left == new, which cancels the earlier +1 exactly)
         changed: set[tuple[int, int]] = set()
+        d: dict[tuple[int, int], int] = {}
         for w in where.pop(pair):
             sym = words[w]
             n = len(sym)
-            out = []
+            if n < 2:
+                continue
+            out: list[int] = []
             i = 0
+            c = wcount[w]
             hit = False
             while i < n:
                 if i < n - 1 and sym[i] == a and sym[i + 1] == b:
+                    hit = True
+                    if out:
+                        left = out[-1]
+                        d[(left, a)] = d.get((left, a), 0) - c
+                        q = (left, new)
+                        d[q] = d.get(q, 0) + c
+                        _add_where(where, q, w)
+                    if i + 2 < n:
+                        right = sym[i + 2]
+                        d[(b, right)] = d.get((b, right), 0) - c
+                        q = (new, right)
+                        d[q] = d.get(q, 0) + c
+                        _add_where(where, q, w)
                     out.append(new)
                     i += 2
-                    hit = True
                 else:
                     out.append(sym[i])
                     i += 1
-            if not hit:
-                continue                    # the pair left this word in an earlier merge
-            d: dict[tuple[int, int], int] = {}
-            for p in zip(sym, sym[1:], strict=False):
-                d[p] = d.get(p, 0) - 1
-            for p in zip(out, out[1:], strict=False):
-                d[p] = d.get(p, 0) + 1
-            c = wcount[w]
-            for p, v in d.items():
-                if v:
-                    pc[p] = pc.get(p, 0) + v * c
-                    changed.add(p)
-                    if v > 0:
-                        s = where.get(p)
-                        if s is None:
-                            where[p] = {w}
-                        else:
-                            s.add(w)
-            words[w] = out
+            if hit:
+                words[w] = out
+        for p, v in d.items():
+            if v:
+                pc[p] = pc.get(p, 0) + v
+                changed.add(p)
         pc.pop(pair, None)
         changed.discard(pair)
         for p in changed:
