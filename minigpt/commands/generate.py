@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context-size", type=int, default=None,
                    help="the model sees at most the last N tokens (default: its context length)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for BLAS and the Numba kernels (default: as the environment sets them)")
 
 
 def load_tokenizer_for_checkpoint(path: str | Path):
@@ -60,6 +62,10 @@ def load_tokenizer_for_checkpoint(path: str | Path):
 def run(args: argparse.Namespace) -> int:
     from minigpt.generate import generate
 
+    if args.threads:
+        from minigpt.train import set_num_threads
+
+        set_num_threads(args.threads)
     dtype = np.dtype(args.dtype).type
     t0 = time.perf_counter()
     if args.checkpoint:

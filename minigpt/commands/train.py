@@ -36,12 +36,14 @@ BOOK: dict[str, Any] = {
 }
 
 # --quick: a 1k-token BPE trained on the story (a 50,257-row LM head would be 90% of a small model
-# and of its compute), a 4-layer model of width 192, warmup + cosine, clipping.
+# and of its compute), a 4-layer model of width 192, warmup + cosine, clipping; one thread (its
+# matrices are too small to gain from two, and two pools of spinning threads lose badly on a busy
+# machine - see docs/training.md).
 QUICK: dict[str, Any] = {
     "size": None, "tokenizer": "1024", "context_length": 64, "emb_dim": 192, "n_heads": 6,
     "n_layers": 4, "dropout": 0.0, "batch_size": 16, "stride": 32, "lr": 2e-3, "min_lr": 2e-4,
     "warmup_steps": 10, "clip": 1.0, "epochs": 12, "eval_freq": 20, "eval_iter": 2,
-    "sample_every": 4, "checkpoint_dir": "runs/quick", "checkpoint_every": 50,
+    "sample_every": 4, "checkpoint_dir": "runs/quick", "checkpoint_every": 50, "threads": 1,
 }
 
 # What may differ from the saved options when resuming (the rest would change the trajectory).
