@@ -40,7 +40,7 @@ def test_negative_control_is_caught(name):
 
 def test_key_bias_gradient_is_exactly_zero_and_passes():
     """Softmax is shift-invariant per row, and the key bias shifts row i of the scores by q_i . b_k,
-    so dL/db_k is exactly zero (derivations §10). The combined criterion must accept it."""
+    so dL/db_k is exactly zero (derivations eq. 10.3). The combined criterion must accept it."""
     cfg = gc.TINY
     results = gc.check_model(cfg, max_per_tensor=None, label="kbias")
     from minigpt.model import GPTModel

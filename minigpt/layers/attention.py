@@ -69,7 +69,7 @@ def attention_forward(qkv: np.ndarray, n_heads: int, drop_rate: float = 0.0,
 
     Cache: ``(q, k, v, a, drop_cache, scale)``: the per-head q, k, v (B, H, T, hs) and the softmax
     weights a (B, H, T, T). ``a`` is the largest tensor of a block (it grows with T^2); the backward
-    needs it for the softmax Jacobian (eq. 6.7), and recomputing it would cost another q k^T.
+    needs it for the softmax Jacobian (eq. 6.6), and recomputing it would cost another q k^T.
     With ``minigpt.backend`` on "numba" a fused kernel computes the same cache and only the
     allowed (causal) half of the scores.
     """

@@ -20,7 +20,7 @@ from minigpt.layers.linear import linear_backward, linear_forward
 
 def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
                   rng: np.random.Generator | None = None):
-    """x (B, T, C) -> (B, T, C). Cache: the caches of the nine layers, in forward order."""
+    """x (B, T, C) -> (B, T, C). Cache: the caches of its ten layers (dropouts included), in forward order."""
     # attention branch (eq. 8.1)
     h, c_ln1 = layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"])                      # (B, T, C)
     qkv, c_qkv = linear_forward(h, p["attn.c_attn.weight"], p.get("attn.c_attn.bias"))   # (B, T, 3C)

@@ -17,7 +17,7 @@ from minigpt import backend
 def embedding_forward(idx: np.ndarray, wte: np.ndarray, wpe: np.ndarray, t0: int = 0):
     """idx (B, T) int, wte (V, C), wpe (T_max, C) -> out (B, T, C).
 
-    Cache: ``(idx, t0, V)``, the ids are all the backward needs: the embedding is a lookup, linear in
+    Cache: ``(idx, t0)``; the ids are all the backward needs: the embedding is a lookup, linear in
     the tables, so its Jacobian is a selection and no activation has to be kept.
     """
     T = idx.shape[1]
@@ -32,7 +32,8 @@ def embedding_backward(dout: np.ndarray, cache, dwte: np.ndarray, dwpe: np.ndarr
 
     Implements eq. 1.2: dwte[v] = sum over all (b, t) with idx[b, t] == v of dout[b, t]; a token that
     appears twice receives both contributions. ``dwte[idx] += dout`` would be wrong: fancy-index
-    assignment writes each repeated row once, so the last occurrence wins. ``np.add.at`` is the
+    assignment writes each repeated row once (only one occurrence survives; NumPy does not say
+    which). ``np.add.at`` is the
     unbuffered scatter-add that accumulates every occurrence.
     Eq. 1.3: dwpe[t0 + t] = sum over b of dout[b, t] (each position is used once per sequence).
     """
