@@ -201,3 +201,38 @@ def test_seeded_sampling_repeats_and_seeds_differ():
     assert np.array_equal(a, generate(m, idx, 10, temperature=1.0, seed=5))
     others = [generate(m, idx, 10, temperature=1.0, seed=s) for s in range(6, 10)]
     assert any(not np.array_equal(a, o) for o in others)
+
+
+def _first_eos(row: np.ndarray, start: int, eos: int) -> int | None:
+    hits = np.flatnonzero(row[start:] == eos)
+    return int(hits[0]) if hits.size else None
+
+
+@pytest.mark.parametrize("temperature, top_k", [(0.0, None), (1.0, None), (0.8, 5)])
+def test_cache_equals_no_cache_float32_batch_with_per_row_eos(temperature, top_k):
+    # float32 as in real use; a batch where the eos token ends one row early and the others later
+    # (or never), so the padding of finished rows is exercised on both paths
+    m = tiny_model(context_length=40, dtype=np.float32, seed=3, V=23)
+    idx = np.random.default_rng(4).integers(0, 23, size=(3, 5))
+    kw = {"temperature": temperature, "top_k": top_k, "seed": 42}
+    free = generate(m, idx, 30, use_cache=False, **kw)
+    for eos in range(23):  # an id that one row emits strictly earlier than another row
+        firsts = [_first_eos(r, 5, eos) for r in free]
+        known = [f for f in firsts if f is not None]
+        if known and (None in firsts or len(set(known)) > 1) and max(known) < 29:
+            break
+    else:
+        pytest.fail("no token id ends the rows at different steps")
+    a = generate(m, idx, 30, eos_id=eos, use_cache=False, **kw)
+    b = generate(m, idx, 30, eos_id=eos, use_cache=True, **kw)
+    np.testing.assert_array_equal(a, b)
+    n = a.shape[1]
+    for r, free_r, f in zip(a, free, firsts, strict=True):
+        # each row is the free-running one (same draws: one uniform per row per step) up to its
+        # own eos, and only eos after it
+        stop = n if f is None else 5 + f + 1
+        np.testing.assert_array_equal(r[:stop], free_r[:stop])
+        assert np.all(r[stop:] == eos)
+    ends = [f for f in firsts if f is not None]
+    if None not in firsts:  # every row finished: the loop stopped after the last one did
+        assert a.shape[1] == 5 + max(ends) + 1

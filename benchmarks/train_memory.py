@@ -1,0 +1,179 @@
+"""Peak resident memory of training, and what it is made of.
+
+    python benchmarks/train_memory.py                     # the book's run: 124M shape, 2 x 256
+    python benchmarks/train_memory.py --steps 3 --threads 2
+    python benchmarks/train_memory.py --n-layers 2 --steps 2   # a quick look at a smaller model
+
+Runs ``--steps`` AdamW training steps (forward, backward, optimizer; dropout 0.1 as the book) of a
+randomly initialised model and reads the peak resident set size (VmHWM in /proc/self/status, Linux)
+after each stage. Then it builds the breakdown from the model itself:
+
+- parameters, gradients, AdamW m and v: the ``nbytes`` of the four flat buffers;
+- activation caches: the ``nbytes`` of every array kept by one training forward for the backward
+  (walking the cache tuples, counting each underlying buffer once and leaving out the parameter
+  views a cache refers to), per kind of layer;
+- logits (B, T, V) and their gradient dlogits (B, T, V), the largest single arrays of a step.
+
+The sum of the parts is compared with the measured peak; the rest is the interpreter, NumPy, Numba's
+compiled kernels, and the transient arrays of the backward.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+
+MiB = 1024 * 1024
+
+
+def proc_status(key: str) -> float:
+    """A memory line of /proc/self/status in MiB (VmHWM: peak resident, VmRSS: current); NaN if absent."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _root(a: np.ndarray) -> np.ndarray:
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def cache_bytes(caches, exclude: list[np.ndarray]) -> dict[str, int]:
+    """Bytes of the arrays held in a training forward's caches, by layer kind, each buffer once.
+
+    ``caches`` is ``GPTModel._forward(..., keep_caches=True)[1]``: (embedding, dropout, [block caches],
+    final layernorm, head). Arrays sharing memory with ``exclude`` (the parameters) are not counted.
+    """
+    c_emb, c_drop, c_blocks, c_lnf, c_head = caches
+    block_names = ("ln_1", "attn.c_attn (input)", "attention (q, k, v, weights, dropout mask)",
+                   "attn.c_proj (input)", "dropout 1 (mask)", "ln_2", "mlp.c_fc (input)",
+                   "gelu (input, tanh)", "mlp.c_proj (input)", "dropout 2 (mask)")
+    seen: set[int] = set()
+    out: dict[str, int] = defaultdict(int)
+
+    def walk(obj, name: str) -> None:
+        if isinstance(obj, np.ndarray):
+            root = _root(obj)
+            if id(root) in seen or any(np.shares_memory(root, e) for e in exclude):
+                return
+            seen.add(id(root))
+            out[name] += root.nbytes
+        elif isinstance(obj, (tuple, list)):
+            for o in obj:
+                walk(o, name)
+        elif isinstance(obj, dict):
+            for o in obj.values():
+                walk(o, name)
+
+    walk(c_emb, "embedding")
+    walk(c_drop, "embedding dropout (mask)")
+    for c in c_blocks:
+        for part, name in zip(c, block_names, strict=True):
+            walk(part, "block: " + name)
+    walk(c_lnf, "ln_f")
+    walk(c_head, "lm head (input)")
+    return dict(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--context-length", type=int, default=256)
+    ap.add_argument("--n-layers", type=int, default=None, help="default: the 124M shape's 12")
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    hwm0 = proc_status("VmHWM")
+    import minigpt
+    from minigpt import GPT_CONFIG_124M, GPTModel
+    from minigpt.optim import AdamW
+    from minigpt.train import set_num_threads
+
+    threads = set_num_threads(args.threads)
+    print(f"minigpt {minigpt.__version__}, numpy {np.__version__}, python {platform.python_version()}, "
+          f"threads {threads}")
+    cfg = GPT_CONFIG_124M.replace(context_length=args.context_length, drop_rate=args.dropout)
+    if args.n_layers is not None:
+        cfg = cfg.replace(n_layers=args.n_layers)
+    B, T, V = args.batch_size, cfg.context_length, cfg.vocab_size
+    dtype = np.dtype(args.dtype)
+    hwm_import = proc_status("VmHWM")
+
+    model = GPTModel(cfg, seed=123, dtype=dtype.type)
+    hwm_model = proc_status("VmHWM")
+    opt = AdamW(model, lr=4e-4, weight_decay=0.1)
+    hwm_opt = proc_status("VmHWM")
+    rng = np.random.default_rng(123)
+    data = np.random.default_rng(0).integers(0, V, size=(args.steps, 2, B, T))
+    step_seconds, hwm_steps = [], []
+    for i in range(args.steps):
+        t0 = time.perf_counter()
+        model.loss_and_grads(data[i, 0], data[i, 1], rng=rng)
+        opt.step(model.flat_grads)
+        step_seconds.append(time.perf_counter() - t0)
+        hwm_steps.append(proc_status("VmHWM"))
+    peak = proc_status("VmHWM")
+
+    print(f"model: {cfg.n_layers} layers, width {cfg.emb_dim}, {cfg.n_heads} heads, vocab {V:,}, "
+          f"context {T}; {model.num_params:,} parameters ({dtype.name}); batch {B} x {T}; "
+          f"dropout {cfg.drop_rate}")
+    print(f"{args.steps} training steps, {np.median(step_seconds):.1f} s each (median)")
+    print("\npeak resident memory (VmHWM) after each stage:")
+    print(f"  interpreter at start        {hwm0:9,.0f} MiB")
+    print(f"  + imports (numpy, numba)    {hwm_import:9,.0f} MiB")
+    print(f"  + model (params + grads)    {hwm_model:9,.0f} MiB")
+    print(f"  + AdamW (m, v)              {hwm_opt:9,.0f} MiB")
+    for i, h in enumerate(hwm_steps):
+        print(f"  after training step {i + 1:<3d}    {h:9,.0f} MiB")
+    print(f"  peak                        {peak:9,.0f} MiB")
+
+    # --- the breakdown, from the objects themselves -------------------------------------------------
+    logits, caches = model._forward(data[0, 0], np.random.default_rng(1), keep_caches=True)
+    acts = cache_bytes(caches, [model.flat_params, model.flat_grads])
+    del caches
+    logits_bytes = logits.nbytes
+    del logits
+    state = {
+        "parameters (flat buffer)": model.flat_params.nbytes,
+        "gradients (flat buffer)": model.flat_grads.nbytes,
+        "AdamW m": opt.m.nbytes,
+        "AdamW v": opt.v.nbytes,
+    }
+    act_total = sum(acts.values())
+    transient = {"logits (B, T, V)": logits_bytes, "dlogits (B, T, V)": logits_bytes}
+    print("\nwhat it is made of (nbytes):")
+    for k, v in state.items():
+        print(f"  {k:48s} {v / MiB:9,.0f} MiB")
+    print(f"  {'= model + optimizer state':48s} {sum(state.values()) / MiB:9,.0f} MiB")
+    print(f"  activation caches of one forward ({cfg.n_layers} blocks):")
+    for k, v in sorted(acts.items(), key=lambda kv: -kv[1]):
+        print(f"    {k:46s} {v / MiB:9,.1f} MiB")
+    print(f"  {'= activation caches':48s} {act_total / MiB:9,.0f} MiB "
+          f"({act_total / cfg.n_layers / MiB:.1f} MiB per block incl. its share of the rest)")
+    for k, v in transient.items():
+        print(f"  {k:48s} {v / MiB:9,.0f} MiB")
+    accounted = sum(state.values()) + act_total + sum(transient.values())
+    print(f"  {'= accounted for':48s} {accounted / MiB:9,.0f} MiB")
+    print(f"  {'measured peak - accounted (interpreter, libraries, temporaries)':48s} "
+          f"{peak - accounted / MiB:9,.0f} MiB")
+    share = sum(state.values()) / (peak * MiB)
+    print(f"\nparameters + gradients + AdamW m, v = {share:.0%} of the peak "
+          f"(4 x {model.num_params:,} x {dtype.itemsize} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
