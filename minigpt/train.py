@@ -43,7 +43,7 @@ from minigpt.checkpoint import (
     write_text_atomic,
 )
 from minigpt.generate import generate, text_to_token_ids, token_ids_to_text
-from minigpt.optim import clip_grad_norm_, lr_at
+from minigpt.optim import clip_grad_norm_, grad_norm, lr_at
 
 LOG_FILE = "log.jsonl"
 PLOT_FILE = "losses.png"
@@ -398,14 +398,18 @@ def train(
                     lr = lr_at(res.step, peak_lr, total_steps, s.warmup_steps, initial_lr, s.min_lr)
                     optimizer.lr = lr
                     loss, _ = model.loss_and_grads(x, y, rng=rng)
-                    norm = None
+                    # the global gradient norm (before clipping) is always measured: one cheap
+                    # pass that also catches an overflow in the backward while the loss is finite
                     if s.clip is not None and res.step >= s.warmup_steps:
                         norm = clip_grad_norm_(model, s.clip)
-                    if not math.isfinite(loss) or (norm is not None and not math.isfinite(norm)):
+                    else:
+                        norm = grad_norm(model)
+                    if not (math.isfinite(loss) and math.isfinite(norm)):
                         last = res.checkpoint or (str(list_checkpoints(ckpt_dir)[-1])
                                                   if ckpt_dir and list_checkpoints(ckpt_dir) else None)
                         raise NonFiniteLossError(
-                            f"the loss became {loss} at step {res.step} (lr {lr:.3g}); the parameters "
+                            f"the loss became {loss} (gradient norm {norm}) at step {res.step} "
+                            f"(lr {lr:.3g}); the parameters "
                             f"were not updated with it. Last good checkpoint: {last or 'none'}. Try a "
                             "lower --lr, a warmup (--warmup-steps) or gradient clipping (--clip 1.0)")
                     optimizer.step(model.flat_grads)
@@ -431,6 +435,7 @@ def train(
                         _log(log_path, {"step": global_step, "epoch": epoch + 1,
                                         "tokens_seen": res.tokens_seen, "train_loss": tl,
                                         "val_loss": vl, "lr": lr, "batch_loss": loss,
+                                        "grad_norm": norm,
                                         "tokens_per_s": tokens_this_run / max(res.train_seconds, 1e-9)})
                     if s.checkpoint_every and res.step % s.checkpoint_every == 0 and res.step < total_steps:
                         save()

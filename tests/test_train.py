@@ -152,6 +152,29 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
     assert opt.t == 5  # the poisoned step did not reach the optimizer
 
 
+def test_non_finite_gradient_with_a_finite_loss_stops_too(tmp_path):
+    # an overflow in the backward must not reach the weights even without clipping
+    model = GPTModel(CFG, seed=1)
+    opt = AdamW(model, lr=3e-3)
+    real = model.loss_and_grads
+    calls = {"n": 0}
+
+    def overflowing(x, y, rng=None):
+        calls["n"] += 1
+        loss, g = real(x, y, rng=rng)
+        if calls["n"] == 4:
+            g["wpe.weight"][0, 0] = np.inf
+        return loss, g
+
+    model.loss_and_grads = overflowing
+    train_loader, train_eval, val_loader = make_data()
+    with pytest.raises(NonFiniteLossError, match=r"gradient norm inf\) at step 3"):
+        train(model, opt, train_loader, val_loader, settings=settings(tmp_path, clip=None),
+              train_eval_loader=train_eval, print_fn=lambda s: None)
+    assert np.isfinite(model.flat_params).all() and opt.t == 3
+    assert read_state(tmp_path)["step"] == 2
+
+
 def test_max_steps_and_book_signature(tmp_path):
     _, _, res = run(tmp_path, max_steps=7, checkpoint_every=None)
     assert res.step == 7 and read_state(tmp_path)["step"] == 7
