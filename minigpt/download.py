@@ -37,6 +37,7 @@ import re
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -106,12 +107,15 @@ def model_dir(name: str, *, root: str | os.PathLike | None = None, offline: bool
               progress: bool = True, templates: Sequence[str] | None = None,
               sha256: str | None = None, retries: int = 3, timeout: float = 30.0,
               backoff: float = 1.0) -> Path:
-    """Make sure ``<root>/<name>/model.safetensors`` (and ``config.json``) exist; return the folder.
+    """Make sure ``<root>/<name>/model.safetensors`` exists (fetching it, then ``config.json``, if it
+    does not); return the folder.
 
-    Files already in the cache are used as they are (a safetensors file's header is validated when
-    it is loaded, which catches truncation). ``sha256`` is the expected hash of model.safetensors,
-    if you know it. In offline mode only ``model.safetensors`` is required: for the four GPT-2 names
-    minigpt knows the configuration.
+    A file already in the cache is used as it is, without touching the network (a safetensors
+    file's header is validated when it is loaded, which catches truncation). ``sha256`` is the
+    expected hash of model.safetensors, if you know it. ``config.json`` is optional: minigpt knows
+    the four GPT-2 configurations, so it is fetched only after a fresh weights download, and a
+    failure to fetch it is a warning. When the weights cannot be fetched, the error lists every
+    attempt and names the URL to fetch by hand and the exact path to save it to.
     """
     check_name(name)
     folder = Path(root).expanduser() if root is not None else cache_dir()
@@ -132,12 +136,31 @@ def model_dir(name: str, *, root: str | os.PathLike | None = None, offline: bool
                 f"or set MINIGPT_CACHE to the folder that holds {name}/, or unset MINIGPT_OFFLINE"
             )
         return folder
-    for file, expected in ((CONFIG_FILE, None), (WEIGHTS_FILE, sha256)):
-        dest = folder / file
-        if dest.is_file():
-            continue
-        download_file(urls_for(name, file, templates), dest, sha256=expected, progress=progress,
-                      retries=retries, timeout=timeout, backoff=backoff)
+    if weights.is_file():
+        return folder  # in the cache (or put there by hand): config.json is optional, see below
+    try:
+        download_file(urls_for(name, WEIGHTS_FILE, templates), weights, sha256=sha256,
+                      progress=progress, retries=retries, timeout=timeout, backoff=backoff)
+    except ChecksumError:
+        raise
+    except DownloadError as e:  # no network, proxy, DNS ...: say how to do without it
+        raise DownloadError(
+            f"{e}\n(config.json is optional for {name}: minigpt knows its shape. With the file in "
+            f"place, MINIGPT_OFFLINE=1 skips the network entirely.)"
+        ) from None
+    # config.json makes the folder a complete Hugging Face directory (transformers can load it);
+    # minigpt knows the four GPT-2 shapes, so a config that cannot be fetched costs only a warning
+    config = folder / CONFIG_FILE
+    if not config.is_file():
+        try:
+            download_file(urls_for(name, CONFIG_FILE, templates), config, progress=False,
+                          retries=retries, timeout=timeout, backoff=backoff)
+        except DownloadError as e:
+            lines = str(e).splitlines()
+            why = (lines[1] if len(lines) > 1 else lines[0]).strip()
+            warnings.warn(f"{name}: model.safetensors is in place, but config.json could not be "
+                          f"downloaded ({why}); minigpt uses its own GPT-2 {name} configuration",
+                          stacklevel=2)
     return folder
 
 

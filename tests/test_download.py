@@ -2,7 +2,8 @@
 
 The server serves a small generated checkpoint under /<mode>/<name>/resolve/main/<file>, where the
 mode decides how it behaves: ok, cut (drops the connection half-way through the first transfer), stall (goes silent half-way),
-norange (ignores Range), badsha (advertises a wrong sha256), 404, 500, 500once, redirect / redirectbad
+norange (ignores Range), badsha (advertises a wrong sha256), 404, noconfig (404 for
+config.json only), 500, 500once, redirect / redirectbad
 (Hugging Face style: a 302 carrying X-Linked-Etag / X-Linked-Size, then a CDN without them).
 """
 
@@ -61,7 +62,7 @@ class Server:
         parts = h.path.strip("/").split("/")
         mode, file = parts[0], parts[-1]
         data = self.files.get(file)
-        if data is None or mode == "404":
+        if data is None or mode == "404" or (mode == "noconfig" and file == "config.json"):
             return self.error(h, 404)
         if mode == "500" or (mode == "500once" and n == 1):
             return self.error(h, 500)
@@ -239,6 +240,35 @@ def test_unreachable_server_is_a_clear_error(tmp_path):
     with pytest.raises(DownloadError, match="connection failed"):
         download_file(["http://127.0.0.1:9/x"], tmp_path / "x", progress=False, retries=1,
                       timeout=2.0, backoff=0.0)
+
+
+def test_no_network_error_says_where_to_put_the_weights(tmp_path, monkeypatch):
+    """Online mode without a network (here: nothing listens on the port): the error is about the
+    weights file, the one that matters, and says where to save it by hand."""
+    monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MINIGPT_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    dead = "http://127.0.0.1:9/{name}/resolve/main/{file}"
+    with pytest.raises(DownloadError) as e:
+        from_pretrained("gpt2", progress=False, templates=[dead], retries=1, timeout=2.0,
+                        backoff=0.0)
+    msg = str(e.value)
+    assert "could not download model.safetensors" in msg and "connection failed" in msg
+    assert f"save it as {tmp_path / 'cache' / 'gpt2' / 'model.safetensors'}" in msg
+    assert "http://127.0.0.1:9/gpt2/resolve/main/model.safetensors" in msg
+    assert "config.json is optional" in msg and "MINIGPT_OFFLINE=1" in msg
+    assert not (tmp_path / "cache" / "gpt2" / "config.json").exists()
+
+
+def test_missing_config_is_only_a_warning(tmp_path, server, checkpoint):
+    with pytest.warns(UserWarning, match=r"config\.json could not be downloaded.*HTTP 404"):
+        folder = model_dir("gpt2", root=tmp_path, templates=[server.template("noconfig")], **FAST)
+    assert (folder / "model.safetensors").read_bytes() == checkpoint[1]["model.safetensors"]
+    assert not (folder / "config.json").exists()
+    # weights already cached: no request at all (config.json is not chased on every load)
+    n = len(server.log)
+    model_dir("gpt2", root=tmp_path, templates=[server.template("noconfig")], **FAST)
+    assert len(server.log) == n
 
 
 def test_offline_error_says_where_to_put_the_file(tmp_path, monkeypatch, checkpoint):
