@@ -49,6 +49,40 @@ def test_known_ids(tok, text, ids):
     assert tok.decode(ids) == text
 
 
+# rasbt/LLMs-from-scratch #558 (a merge-list BPE loaded from encoder.json + vocab.bpe gave "Hello,"
+# -> [1544, 18798, 11]) and #944 (several leading spaces came back moved after decode). Ids from
+# tiktoken's gpt2 (benchmarks/fuzz_tokenizer_tiktoken.py builds the same encoding offline).
+RASBT_REGRESSIONS = [
+    ("Hello", [15496]), ("Hello,", [15496, 11]), (",", [11]),                     # #558
+    ("Implementation, done.", [3546, 32851, 11, 1760, 13]),                          # #558
+    ("  Hello World.", [220, 18435, 2159, 13]),                                       # #944
+    (" Hello  World.", [18435, 220, 2159, 13]),                                       # #944
+    ("Hello   World.\n\n   Bye", [15496, 220, 220, 2159, 13, 628, 220, 220, 47843]),  # #944
+]
+
+
+@pytest.mark.parametrize("loader", ["gpt2", "openai_files"])
+def test_rasbt_558_944_regressions(tok, loader):
+    if loader == "openai_files":                           # the merge-list rule of #558's tokenizer
+        assets = os.path.join(HERE, "..", "minigpt", "assets", "gpt2")
+        t = _openai_files_tok(assets)
+    else:
+        t = tok
+    for text, ids in RASBT_REGRESSIONS:
+        assert t.encode(text) == ids, text
+        assert t.decode(t.encode(text)) == text
+
+
+_OPENAI = []
+
+
+def _openai_files_tok(assets):
+    if not _OPENAI:
+        _OPENAI.append(Tokenizer.from_openai_files(os.path.join(assets, "encoder.json"),
+                                                   os.path.join(assets, "vocab.bpe")))
+    return _OPENAI[0]
+
+
 def test_book_special_example(tok):
     text = "Hello, do you like tea? <|endoftext|> In the sunlit terraces" "of someunknownPlace."
     want = [15496, 11, 466, 345, 588, 8887, 30, 220, 50256, 554, 262, 4252, 18250, 8812, 2114,
