@@ -14,34 +14,75 @@ HELP = ("Continue a prompt with a model: a training run ('--checkpoint runs/quic
         "--top-k sample instead (seeded, so a command repeats its output).")
 
 
+EXAMPLES = """\
+examples:
+  minigpt generate --checkpoint runs/quick
+      greedy continuation of "Every effort moves you" by the quick-start model
+  minigpt generate --checkpoint runs/quick --prompt "I had always" \\
+      --temperature 0.8 --top-k 40 --num-samples 3 --seed 7
+      three different samples side by side; the same seed gives the same text
+  minigpt generate --model gpt2 --prompt "Every effort moves you" -n 30
+      OpenAI's GPT-2 124M (downloaded once, about 500 MB)
+"""
+
+
+class _Help(argparse.HelpFormatter):
+    """Wraps the description, keeps the examples' lines as written; defaults are in each help."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return text
+        return super()._fill_text(text, width, indent)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="DIR",
-                     help="a run directory of 'minigpt train' (its latest checkpoint) or one "
-                          "step-* checkpoint directory")
-    src.add_argument("--model", metavar="NAME_OR_PATH",
+    p.formatter_class = _Help
+    p.epilog = EXAMPLES
+    src = p.add_argument_group("the model (give one)")
+    one = src.add_mutually_exclusive_group(required=True)
+    one.add_argument("--checkpoint", metavar="DIR",
+                     help="a run directory of 'minigpt train' (its latest checkpoint is used) or one "
+                          "of its step-* checkpoint directories")
+    one.add_argument("--model", metavar="NAME|PATH",
                      help="gpt2, gpt2-medium, gpt2-large, gpt2-xl (downloaded once), or a Hugging "
-                          "Face GPT-2 directory / .safetensors file")
-    p.add_argument("--prompt", default="Every effort moves you", help="the text to continue")
-    p.add_argument("--max-new-tokens", "-n", type=int, default=50, help="tokens to add at most")
-    p.add_argument("--temperature", type=float, default=0.0,
-                   help="0 = greedy (always the most likely token); e.g. 0.8 samples, higher is wilder")
-    p.add_argument("--top-k", type=int, default=None,
-                   help="sample only among the k most likely tokens (ties at the k-th kept)")
-    p.add_argument("--seed", type=int, default=123, help="the sampling seed")
-    p.add_argument("--num-samples", type=int, default=1,
-                   help="continuations to generate side by side (a batch; each stops at its own "
-                        "<|endoftext|>)")
-    p.add_argument("--no-eos", action="store_true",
-                   help="do not stop at <|endoftext|> (default: each sample stops there)")
-    p.add_argument("--no-cache", action="store_true",
-                   help="recompute the whole context each step instead of using the KV cache "
-                        "(same tokens, slower)")
-    p.add_argument("--context-size", type=int, default=None,
+                          "Face GPT-2 directory or .safetensors file")
+
+    t = p.add_argument_group("what to generate")
+    t.add_argument("--prompt", default="Every effort moves you",
+                   help="the text to continue (default: 'Every effort moves you')")
+    t.add_argument("--max-new-tokens", "-n", type=int, default=50, metavar="N",
+                   help="tokens to add at most (default: 50)")
+    t.add_argument("--num-samples", type=int, default=1, metavar="N",
+                   help="continuations generated side by side as one batch (default: 1)")
+    t.add_argument("--no-eos", action="store_true",
+                   help="keep going past <|endoftext|> (default: each sample ends at its own "
+                        "<|endoftext|>, independently of the others)")
+
+    s = p.add_argument_group("sampling (default: greedy, the most likely token every time)")
+    s.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                   help="0 = greedy; > 0 samples from softmax(logits / T): below 1 is more "
+                        "conservative, above 1 wilder; 0.7-1.0 is a good start (default: 0)")
+    s.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="sample only among the K most likely tokens (every token tied with the K-th "
+                        "is kept) (default: all tokens)")
+    s.add_argument("--seed", type=int, default=123,
+                   help="the sampling seed: the same seed, prompt and options give the same text "
+                        "(default: 123)")
+
+    e = p.add_argument_group("speed and precision")
+    e.add_argument("--context-size", type=int, default=None, metavar="N",
                    help="the model sees at most the last N tokens (default: its context length)")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--threads", type=int, default=None,
-                   help="threads for BLAS and the Numba kernels (default: as the environment sets them)")
+    e.add_argument("--no-cache", action="store_true",
+                   help="recompute the whole context at every step instead of keeping the keys and "
+                        "values of earlier tokens (KV cache); same tokens, slower")
+    e.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="(default: float32)")
+    e.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads for BLAS and the Numba kernels (default: as the environment sets "
+                        "them)")
 
 
 def load_tokenizer_for_checkpoint(path: str | Path):

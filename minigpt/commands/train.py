@@ -52,8 +52,44 @@ RESUMABLE = {"epochs", "max_steps", "eval_freq", "checkpoint_every", "keep_last"
 
 SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
+EXAMPLES = """\
+examples:
+  minigpt train --quick
+      the quick start: a small model on the bundled story (about a minute), then
+      minigpt generate --checkpoint runs/quick
+  minigpt train
+      the book's chapter 5 run: GPT_CONFIG_124M at context 256 (163M
+      parameters), 10 epochs of 9 steps; slow on a CPU (see docs/training.md)
+  minigpt train notes.txt --tokenizer 2048 --n-layers 6 --emb-dim 256 \\
+      --n-heads 8 --context 128 --batch-size 8 --epochs 5
+      your own text (run directory runs/notes), a BPE vocabulary trained on it,
+      a model size of your choice
+  minigpt train --lr 1e-3 --warmup-steps 27 --min-lr 1e-5 --clip 1.0 --epochs 15
+      appendix D: linear warmup, cosine decay, gradient clipping
+  minigpt train --resume --checkpoint-dir runs/the-verdict
+      continue a stopped run (Ctrl-C saves; after a crash or kill the latest
+      checkpoint is used); it ends bit-identical to a run never stopped
+
+A run directory holds the checkpoints (step-*/), log.jsonl (one line per
+evaluation) and losses.png (when matplotlib is installed). See docs/training.md.
+"""
+
+
+class _Help(argparse.HelpFormatter):
+    """Wraps the description, keeps the examples' lines as written; defaults are in each help."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return text
+        return super()._fill_text(text, width, indent)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = _Help
+    p.epilog = EXAMPLES
     p.add_argument("text", nargs="?", default=S,
                    help="what to train on: a bundled text ('the-verdict', Edith Wharton's short story "
                         "from the book, 20 kB) or the path of any UTF-8 text file (default: the-verdict)")
@@ -65,63 +101,68 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model (default: the book's GPT_CONFIG_124M at context 256)")
     m.add_argument("--size", choices=SIZES, default=S,
                    help="a GPT-2 shape: gpt2 (124M: 12 layers, width 768, 12 heads), gpt2-medium "
-                        "(355M), gpt2-large (774M), gpt2-xl (1558M); --emb-dim/--n-heads/--n-layers "
-                        "override single fields (default: gpt2)")
-    m.add_argument("--vocab", type=int, default=S,
+                        "(355M), gpt2-large (774M), gpt2-xl (1558M); change single fields with "
+                        "--emb-dim, --n-heads, --n-layers (default: gpt2)")
+    m.add_argument("--vocab", type=int, default=S, metavar="V",
                    help="vocabulary size V (default: the tokenizer's, 50,257 for GPT-2)")
     m.add_argument("--context-length", "--context", dest="context_length", type=int, default=S,
+                   metavar="T",
                    help="tokens per training window, also the model's context length (default: 256)")
-    m.add_argument("--emb-dim", type=int, default=S, help="width C of the residual stream")
-    m.add_argument("--n-heads", type=int, default=S, help="attention heads H (C must divide by H)")
-    m.add_argument("--n-layers", type=int, default=S, help="transformer blocks L")
-    m.add_argument("--dropout", type=float, default=S, help="dropout rate (default: 0.1)")
-    m.add_argument("--qkv-bias", action="store_true", default=S, help="give q, k, v a bias (GPT-2 does)")
+    m.add_argument("--emb-dim", type=int, default=S, metavar="C",
+                   help="width of the residual stream (default: 768 for gpt2)")
+    m.add_argument("--n-heads", type=int, default=S, metavar="H",
+                   help="attention heads; C must divide by H (default: 12 for gpt2)")
+    m.add_argument("--n-layers", type=int, default=S, metavar="L",
+                   help="transformer blocks (default: 12 for gpt2)")
+    m.add_argument("--dropout", type=float, default=S, metavar="P", help="dropout rate (default: 0.1)")
+    m.add_argument("--qkv-bias", action="store_true", default=S,
+                   help="give q, k, v a bias (GPT-2 does; the book's run does not)")
     m.add_argument("--tie-weights", action="store_true", default=S,
                    help="share the LM head with the token embedding (GPT-2 does; the book does not)")
-    m.add_argument("--dtype", choices=("float32", "float64"), default=S, help="default: float32")
+    m.add_argument("--dtype", choices=("float32", "float64"), default=S, help="(default: float32)")
 
     d = p.add_argument_group("data")
-    d.add_argument("--tokenizer", default=S,
+    d.add_argument("--tokenizer", default=S, metavar="gpt2|N|DIR",
                    help="'gpt2' (OpenAI's 50,257-token BPE, the default), a number N (train an N-token "
                         "byte-level BPE on the training split and save it with the checkpoints), or "
                         "the directory of a tokenizer saved by minigpt.Tokenizer.save")
-    d.add_argument("--batch-size", type=int, default=S, help="windows per step (default: 2)")
-    d.add_argument("--stride", type=int, default=S,
+    d.add_argument("--batch-size", type=int, default=S, metavar="B", help="windows per step (default: 2)")
+    d.add_argument("--stride", type=int, default=S, metavar="N",
                    help="tokens between window starts (default: the context length, no overlap)")
-    d.add_argument("--train-ratio", type=float, default=S,
+    d.add_argument("--train-ratio", type=float, default=S, metavar="F",
                    help="the first fraction of the characters trains, the rest validates (default: 0.9)")
 
     o = p.add_argument_group("optimizer and schedule (AdamW, PyTorch semantics)")
     o.add_argument("--lr", type=float, default=S, help="peak learning rate (default: 4e-4)")
-    o.add_argument("--min-lr", type=float, default=S,
+    o.add_argument("--min-lr", type=float, default=S, metavar="LR",
                    help="decay the learning rate to this with a cosine over the run (default: no "
                         "decay, as chapter 5)")
-    o.add_argument("--warmup-steps", type=int, default=S,
+    o.add_argument("--warmup-steps", type=int, default=S, metavar="N",
                    help="linear warmup steps before the peak (appendix D; default: 0)")
-    o.add_argument("--weight-decay", type=float, default=S, help="decoupled weight decay (default: 0.1)")
+    o.add_argument("--weight-decay", type=float, default=S, metavar="WD", help="decoupled weight decay (default: 0.1)")
     o.add_argument("--decay", choices=("all", "matrices"), default=S,
                    help="which parameters decay: all (the book) or only matrices and embeddings "
                         "(GPT-2 practice) (default: all)")
-    o.add_argument("--clip", type=float, default=S,
+    o.add_argument("--clip", type=float, default=S, metavar="NORM",
                    help="clip the global gradient norm to this from the end of the warmup on "
                         "(appendix D uses 1.0; default: no clipping)")
 
     r = p.add_argument_group("run length, evaluation, samples")
-    r.add_argument("--epochs", type=int, default=S, help="passes over the training windows (default: 10)")
-    r.add_argument("--max-steps", type=int, default=S, help="stop after this many optimizer steps instead")
-    r.add_argument("--eval-freq", type=int, default=S,
+    r.add_argument("--epochs", type=int, default=S, metavar="N", help="passes over the training windows (default: 10)")
+    r.add_argument("--max-steps", type=int, default=S, metavar="N", help="stop after this many optimizer steps instead (default: the epochs decide)")
+    r.add_argument("--eval-freq", type=int, default=S, metavar="N",
                    help="measure train and val loss every N steps (default: 5)")
-    r.add_argument("--eval-iter", type=int, default=S,
+    r.add_argument("--eval-iter", type=int, default=S, metavar="N",
                    help="batches per loss measurement (default: 5)")
-    r.add_argument("--start-context", default=S,
+    r.add_argument("--start-context", default=S, metavar="TEXT",
                    help="the prompt of the samples printed during training (default: 'Every effort "
                         "moves you')")
-    r.add_argument("--sample-tokens", type=int, default=S,
+    r.add_argument("--sample-tokens", type=int, default=S, metavar="N",
                    help="tokens per sample, 0 for none (default: 50)")
-    r.add_argument("--sample-every", type=int, default=S, help="print a sample every N epochs (default: 1)")
+    r.add_argument("--sample-every", type=int, default=S, metavar="N", help="print a sample every N epochs (default: 1)")
     r.add_argument("--seed", type=int, default=S,
                    help="seeds the weights, the shuffling and the dropout (default: 123)")
-    r.add_argument("--threads", type=int, default=S,
+    r.add_argument("--threads", type=int, default=S, metavar="N",
                    help="threads for BLAS and the Numba kernels (default: as the environment sets "
                         "them; 1 is often faster on a busy 2-core machine). A resumed run is "
                         "bit-identical to an uninterrupted one only with the same setting")
@@ -131,11 +172,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="do not draw losses.png (it is drawn only when matplotlib is installed)")
 
     c = p.add_argument_group("checkpoints")
-    c.add_argument("--checkpoint-dir", default=S,
+    c.add_argument("--checkpoint-dir", default=S, metavar="DIR",
                    help="where checkpoints, log.jsonl and losses.png go (default: runs/<text name>)")
-    c.add_argument("--checkpoint-every", type=int, default=S,
+    c.add_argument("--checkpoint-every", type=int, default=S, metavar="N",
                    help="also save every N steps (default: only at the end and on Ctrl-C)")
-    c.add_argument("--keep-last", type=int, default=S, help="checkpoints kept (default: 2; 0 keeps all)")
+    c.add_argument("--keep-last", type=int, default=S, metavar="N", help="checkpoints kept (default: 2; 0 keeps all)")
     c.add_argument("--resume", action="store_true", default=S,
                    help="continue the run in --checkpoint-dir exactly where its latest checkpoint "
                         "left it, with its saved options (start it if there is no checkpoint yet)")
