@@ -236,3 +236,13 @@ def test_cache_equals_no_cache_float32_batch_with_per_row_eos(temperature, top_k
     ends = [f for f in firsts if f is not None]
     if None not in firsts:  # every row finished: the loop stopped after the last one did
         assert a.shape[1] == 5 + max(ends) + 1
+
+
+def test_help_reads_cold(capsys):
+    from minigpt.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out and "--checkpoint runs/quick" in out
+    assert "(default: None)" not in out and "(default: False)" not in out

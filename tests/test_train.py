@@ -290,3 +290,15 @@ def test_cli_resume_refuses_changed_options_and_generate_works(tmp_path, capsys)
     capsys.readouterr()
     assert main(["generate", "--checkpoint", run_dir, "--prompt", "I had", "-n", "5"]) == 0
     assert capsys.readouterr().out.startswith("I had")
+
+
+def test_help_reads_cold(capsys, monkeypatch):
+    from minigpt.cli import main
+
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps to the terminal width
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out and "minigpt train --quick" in out and "--resume" in out
+    assert "(default: None)" not in out and "(default: False)" not in out
+    assert max(len(line) for line in out.splitlines()) <= 84
