@@ -14,7 +14,9 @@ as ONE string (encode_ordinary). Rows:
 - tiktoken / HF tokenizers: when installed (they are not minigpt dependencies), built offline from
   minigpt's shipped GPT-2 files; their ids are checked against minigpt's before timing.
 Repeats alternate between the implementations so machine load hits all alike; the table shows
-median MB/s, min..max over repeats, and the ratio minigpt/peer of medians.
+median MB/s (wall clock), min..max over repeats, median MB per CPU-second of this process (steady
+on a machine shared with other jobs, where wall-clock rates drop for everyone), and the ratio
+minigpt/peer of the medians, wall clock and [CPU time].
 Training: Tokenizer.train(first file, 256 + merges), median time; with --edu-json (written by
 benchmarks/edu_train_reference.py) the learned tokens are compared with tiktoken's educational
 trainer, token by token; HF tokenizers' BpeTrainer (1 thread) is timed too when installed.
@@ -105,21 +107,27 @@ def bench_encode(path: str, tok: Tokenizer, others: dict, repeat: int, lines: bo
         print(f"# {name}: ids {'EQUAL' if ok else 'DIFFERENT'} to minigpt ({len(got):,} vs {len(want):,} tokens)")
         impls[name] = fn
     times = {k: [] for k in impls}
+    cpu = {k: [] for k in impls}
     for _ in range(repeat):
         for name, fn in impls.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn(text)
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
     how = f"line by line ({len(text.splitlines()):,} lines)" if lines else "whole string"
     print(f"\n{os.path.basename(path)}: {mb:.2f} MB, {len(want):,} tokens, {how}, {repeat} repeats")
-    print(f"{'implementation':<28} {'MB/s median':>12} {'min..max':>14}   ratio minigpt (warm, cold) / this")
+    print(f"{'implementation':<28} {'MB/s median':>12} {'min..max':>14} {'MB/CPU-s':>9}   "
+          "ratio minigpt (warm, cold) / this: wall [CPU]")
     med = {k: mb / statistics.median(v) for k, v in times.items()}
+    mcpu = {k: mb / max(statistics.median(v), 1e-9) for k, v in cpu.items()}
+
+    def r(a, b):
+        return f"{med[a] / med[b]:.2f} [{mcpu[a] / mcpu[b]:.2f}]"
     for name, ts in times.items():
         lo, hi = mb / max(ts), mb / min(ts)
         ratio = "" if name.startswith("minigpt") else \
-            f"   warm {med['minigpt warm'] / med[name]:.2f}" + \
-            (f"  cold {med['minigpt cold'] / med[name]:.2f}" if "minigpt cold" in med else "")
-        print(f"{name:<28} {med[name]:>12.2f} {lo:>6.2f}..{hi:<6.2f}{ratio}")
+            f"   warm {r('minigpt warm', name)}" + (f"  cold {r('minigpt cold', name)}" if "minigpt cold" in med else "")
+        print(f"{name:<28} {med[name]:>12.2f} {lo:>6.2f}..{hi:<6.2f} {mcpu[name]:>9.2f}{ratio}")
 
 
 def bench_train(path: str, merges: int, repeat: int, edu_json: str | None) -> None:
