@@ -21,7 +21,9 @@ size 7) and a tied and an untied head:
    book's ``gpt2-small-124M.safetensors``, no config.json) give the same logits;
 3. the same weights in the hub's own layout (no ``transformer.`` prefix, ``h.{i}.attn.bias`` /
    ``attn.masked_bias`` buffers stored, as openai-community/gpt2's model.safetensors) give the same
-   logits; a stored head that differs from wte under a "tied" config is refused;
+   logits, and so does the checkpoint transformers writes in shards (``max_shard_size``:
+   model-0000k-of-0000n.safetensors + model.safetensors.index.json); a stored head that differs
+   from wte under a "tied" config is refused;
 4. minigpt -> transformers: a minigpt model (perturbed away from its init; with and without qkv bias)
    saved by ``save_pretrained`` loads in ``GPT2LMHeadModel.from_pretrained`` with the same logits;
 5. a 50257-token model saved with its tokenizer files: ``AutoTokenizer`` gives minigpt's token ids
@@ -245,6 +247,13 @@ def hf_to_minigpt(k: int, sh: Shape, tied: bool, work: Path, failures: list[str]
         hub = hub_layout(d, sh, work / f"hub_{k}")
         check("hub layout (no prefix, attn.bias/masked_bias buffers)",
               rel(from_pretrained(hub, dtype=np.float64).forward(idx), t_logits), failures)
+        sharded = work / f"sharded_{k}"
+        model.save_pretrained(sharded, max_shard_size="100KB")   # transformers' sharded layout
+        n_shards = len(list(sharded.glob("model-*-of-*.safetensors")))
+        if not (sharded / "model.safetensors.index.json").is_file() or n_shards < 2:
+            failures.append(f"transformers did not shard the checkpoint ({n_shards} files)")
+        check(f"sharded by transformers ({n_shards} files + index.json)",
+              rel(from_pretrained(sharded, dtype=np.float64).forward(idx), t_logits), failures)
         s = dict(load_file(d / "model.safetensors"))
         s["lm_head.weight"] = s["transformer.wte.weight"] * 1.5    # a head that is not wte
         save_file(s, d / "model.safetensors")

@@ -38,9 +38,10 @@ import numpy as np
 from minigpt import download, tf_checkpoint
 from minigpt.config import PRETRAINED_CONFIGS, GPTConfig
 from minigpt.model import GPTModel, param_shapes
-from minigpt.safetensors_io import SafetensorsError, SafetensorsFile, save_file
+from minigpt.safetensors_io import SafetensorsError, open_weights, save_file
 
 WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"  # sharded: model-00001-of-0000N.safetensors ...
 CONFIG_FILE = "config.json"
 LN_EPS = 1e-5  # minigpt's layernorm epsilon (GPT-2's)
 # Heads of the four GPT-2 sizes, for files that come without a config (the book's converted ones).
@@ -235,9 +236,11 @@ def resolve(path_or_name: str | os.PathLike,
             **download_kwargs) -> tuple[Path, dict | None, str | None, str]:
     """-> (weights, config dict or None, known GPT-2 name or None, kind "safetensors" or "tf").
 
-    Accepts a directory (``model.safetensors`` + ``config.json``, or OpenAI's TensorFlow files:
+    Accepts a directory (``model.safetensors`` or the shards of ``model.safetensors.index.json``,
+    + ``config.json``; or OpenAI's TensorFlow files:
     ``hparams.json`` + ``model.ckpt.*``), a ``.safetensors`` file (its sibling config.json is used
-    only when the file is called model.safetensors), a TF checkpoint prefix or one of its files, or
+    only when the file is called model.safetensors or model.safetensors.index.json), a TF checkpoint
+    prefix or one of its files, or
     a name from ``minigpt.download.MODEL_NAMES`` (downloaded into the cache unless it is there).
     """
     p = Path(path_or_name).expanduser()
@@ -250,6 +253,8 @@ def resolve(path_or_name: str | os.PathLike,
     tf_prefix = tf_checkpoint.find_prefix(p) if p.exists() or p.parent.is_dir() else None
     if p.is_dir():
         weights = p / WEIGHTS_FILE
+        if not weights.is_file() and (p / INDEX_FILE).is_file():
+            weights = p / INDEX_FILE
         if not weights.is_file():
             if tf_prefix is not None:
                 return tf_prefix, tf_checkpoint.read_hparams(tf_prefix), name, "tf"
@@ -272,7 +277,7 @@ def resolve(path_or_name: str | os.PathLike,
                              f"pickle, which can run code). The book's converted weights exist as "
                              f"{p.stem}.safetensors beside the .pth on the hub")
         weights = p
-        config_path = p.with_name(CONFIG_FILE) if p.name == WEIGHTS_FILE else None
+        config_path = p.with_name(CONFIG_FILE) if p.name in (WEIGHTS_FILE, INDEX_FILE) else None
     else:
         known = ", ".join(download.MODEL_NAMES)
         raise FileNotFoundError(f"{path_or_name!s} is neither a file, a directory, nor a model name "
@@ -290,7 +295,7 @@ def _holds_weights(p: Path) -> bool:
     """A file, or a folder with model.safetensors or a TensorFlow checkpoint."""
     if p.is_file():
         return True
-    return p.is_dir() and ((p / WEIGHTS_FILE).is_file() or
+    return p.is_dir() and ((p / WEIGHTS_FILE).is_file() or (p / INDEX_FILE).is_file() or
                            tf_checkpoint.find_prefix(p) is not None)
 
 
@@ -309,7 +314,7 @@ def from_pretrained(path_or_name: str | os.PathLike, dtype=np.float32, *,
     Raises ValueError (SafetensorsError) naming every missing, unexpected or mis-shaped tensor.
     """
     weights, config, name, kind = resolve(path_or_name, progress=progress, **download_kwargs)
-    opener = tf_checkpoint.TFCheckpoint if kind == "tf" else SafetensorsFile
+    opener = tf_checkpoint.TFCheckpoint if kind == "tf" else open_weights
     with opener(weights) as f:
         canon_of = _strip_prefix(f.keys())
         key_of = {c: k for k, c in canon_of.items()}           # canonical -> key in the file

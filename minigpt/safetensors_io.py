@@ -241,6 +241,102 @@ class SafetensorsFile:
         return iter(self._info)
 
 
+class ShardedSafetensors:
+    """Several safetensors files read as one, as listed by an index (``model.safetensors.index.json``:
+    ``{"metadata": {...}, "weight_map": {tensor name: shard file name}}``), the layout
+    ``save_pretrained`` of transformers writes for a model bigger than its ``max_shard_size``
+    (5 GB in transformers 4.x: gpt2-xl in float32 comes as two shards).
+
+    The same interface as ``SafetensorsFile``. Every shard's header is validated; the index must
+    name exactly the tensors the shards hold, each in the shard that holds it.
+    """
+
+    def __init__(self, index_path: str | os.PathLike):
+        self.path = Path(index_path)
+        try:
+            index = json.loads(self.path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SafetensorsError(f"{self.path}: not a valid JSON index ({e})") from None
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise SafetensorsError(f"{self.path}: no \"weight_map\" (tensor -> shard file) in the index")
+        self.metadata: dict[str, str] = index.get("metadata") or {}
+        self._shards: dict[str, SafetensorsFile] = {}
+        self._owner: dict[str, SafetensorsFile] = {}
+        try:
+            for shard in sorted(set(weight_map.values())):
+                where = self.path.parent / shard
+                if Path(shard).name != shard or not where.is_file():
+                    raise FileNotFoundError(f"{self.path} lists shard {shard!r}, which is not in "
+                                            f"{self.path.parent}; the download is incomplete")
+                f = self._shards[shard] = SafetensorsFile(where)
+                for k in f.keys():
+                    if k in self._owner:
+                        raise SafetensorsError(f"{self.path}: tensor {k!r} is stored in two shards "
+                                               f"({self._owner[k].path.name} and {shard})")
+                    self._owner[k] = f
+            unlisted = sorted(set(self._owner) - set(weight_map))
+            absent = sorted(k for k, v in weight_map.items()
+                            if k not in self._owner or self._owner[k].path.name != v)
+            if unlisted or absent:
+                raise SafetensorsError(
+                    f"{self.path}: the index and the shards disagree: in shards but not in the "
+                    f"index {unlisted[:8]}, in the index but not in the shard it names {absent[:8]}"
+                )
+        except Exception:
+            self.close()
+            raise
+
+    def keys(self) -> list[str]:
+        return list(self._owner)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._owner
+
+    def __len__(self) -> int:
+        return len(self._owner)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._owner)
+
+    def _shard(self, name: str) -> SafetensorsFile:
+        try:
+            return self._owner[name]
+        except KeyError:
+            raise KeyError(f"{self.path}: no tensor named {name!r}") from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._shard(name).shape(name)
+
+    def dtype_code(self, name: str) -> str:
+        return self._shard(name).dtype_code(name)
+
+    def memmap(self, name: str) -> np.ndarray:
+        return self._shard(name).memmap(name)
+
+    def get(self, name: str, dtype=None) -> np.ndarray:
+        return self._shard(name).get(name, dtype)
+
+    def read_into(self, name: str, out: np.ndarray) -> None:
+        self._shard(name).read_into(name, out)
+
+    def close(self) -> None:
+        for f in self._shards.values():
+            f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_weights(path: str | os.PathLike) -> SafetensorsFile | ShardedSafetensors:
+    """A ``.safetensors`` file, or the shards behind a ``*.safetensors.index.json``."""
+    path = Path(path)
+    return ShardedSafetensors(path) if path.name.endswith(".index.json") else SafetensorsFile(path)
+
+
 def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
     """bfloat16 bits (uint16) -> float32: the 16 bits become the top half of a float32."""
     return (raw.astype(np.uint32) << 16).view(np.float32)

@@ -166,6 +166,48 @@ def test_config_beside_model_safetensors_is_used(tmp_path):
     assert from_pretrained(tmp_path / "model.safetensors").cfg == tiny_cfg()
 
 
+def write_shards(directory: Path, n_shards: int = 3) -> dict[str, str]:
+    """The fixture split over ``n_shards`` files + model.safetensors.index.json (transformers'
+    layout for a model bigger than max_shard_size). Returns the weight map."""
+    directory.mkdir(exist_ok=True)
+    shutil.copy(FIXTURE / "config.json", directory / "config.json")
+    s = load_file(FIXTURE / "model.safetensors")
+    names = sorted(s)
+    weight_map = {}
+    for j in range(n_shards):
+        shard = f"model-{j + 1:05d}-of-{n_shards:05d}.safetensors"
+        part = {k: s[k] for k in names[j::n_shards]}
+        save_file(part, directory / shard)
+        weight_map.update(dict.fromkeys(part, shard))
+    (directory / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+    return weight_map
+
+
+def test_sharded_checkpoint(tmp_path, expected):
+    write_shards(tmp_path)
+    for where in (tmp_path, tmp_path / "model.safetensors.index.json"):
+        m = from_pretrained(where, dtype=np.float64)
+        assert m.cfg == tiny_cfg()
+        assert rel(m.forward(expected["idx"]), expected["logits"]) < TOL
+
+
+def test_sharded_checkpoint_errors(tmp_path):
+    index = tmp_path / "model.safetensors.index.json"
+    weight_map = write_shards(tmp_path)
+    (tmp_path / "model-00002-of-00003.safetensors").rename(tmp_path / "moved.safetensors")
+    with pytest.raises(FileNotFoundError, match="model-00002-of-00003.safetensors.*incomplete"):
+        from_pretrained(tmp_path)
+    (tmp_path / "moved.safetensors").rename(tmp_path / "model-00002-of-00003.safetensors")
+    wrong = dict(weight_map, **{"transformer.wte.weight": "model-00003-of-00003.safetensors"})
+    index.write_text(json.dumps({"weight_map": wrong}))
+    with pytest.raises(SafetensorsError, match=r"disagree.*transformer\.wte\.weight"):
+        from_pretrained(tmp_path)
+    index.write_text("{not json")
+    with pytest.raises(SafetensorsError, match="not a valid JSON index"):
+        from_pretrained(tmp_path)
+
+
 # --- saving ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("qkv_bias,tied", [(True, True), (False, False), (True, False)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
