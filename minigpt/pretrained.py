@@ -97,12 +97,16 @@ def config_from_hf(d: dict[str, Any], drop_rate: float | None = None) -> GPTConf
     own = d.get("minigpt") or {}
     if drop_rate is None:  # pretrained weights run without dropout (the book's NEW_CONFIG, ch05)
         drop_rate = 0.0
-    return GPTConfig(
-        vocab_size=int(d["vocab_size"]), context_length=int(d.get("n_positions", d.get("n_ctx"))),
-        emb_dim=C, n_heads=int(d["n_head"]), n_layers=int(d["n_layer"]), drop_rate=float(drop_rate),
-        qkv_bias=bool(own.get("qkv_bias", True)),
-        tie_weights=bool(d.get("tie_word_embeddings", True)),
-    )
+    try:
+        return GPTConfig(
+            vocab_size=int(d["vocab_size"]), context_length=int(d.get("n_positions", d.get("n_ctx"))),
+            emb_dim=C, n_heads=int(d["n_head"]), n_layers=int(d["n_layer"]),
+            drop_rate=float(drop_rate), qkv_bias=bool(own.get("qkv_bias", True)),
+            tie_weights=bool(d.get("tie_word_embeddings", True)),
+        )
+    except ValueError as e:
+        raise ValueError(f"config.json describes an impossible GPT-2 (n_embd={C}, "
+                         f"n_head={d['n_head']}, ...): {e}") from None
 
 
 def config_to_hf(cfg: GPTConfig, dtype=np.float32) -> dict[str, Any]:

@@ -337,6 +337,7 @@ def test_unknown_name_or_path(tmp_path):
     ({"n_inner": 100}, "n_inner"),
     ({"model_type": "llama"}, "llama"),
     ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
+    ({"n_head": 5}, r"config\.json describes an impossible GPT-2 \(n_embd=48, n_head=5"),
 ])
 def test_configs_minigpt_cannot_run_are_refused(change, match):
     d = json.loads((FIXTURE / "config.json").read_text())
