@@ -43,6 +43,7 @@ from minigpt.checkpoint import (
     write_text_atomic,
 )
 from minigpt.generate import generate, text_to_token_ids, token_ids_to_text
+from minigpt.kernel_cache import warm_kernel_cache
 from minigpt.optim import clip_grad_norm_, grad_norm, lr_at
 
 LOG_FILE = "log.jsonl"
@@ -323,6 +324,8 @@ def train(
         raise ValueError(f"checkpoint_every must be >= 1 (or None), got {s.checkpoint_every}")
     eval_loader = train_eval_loader if train_eval_loader is not None else train_loader
     out = print_fn or print
+    # every process must run the same (cached) kernel code for an exact resume: minigpt/kernel_cache.py
+    warm_kernel_cache(model.flat_params.dtype.type, print_fn=out)
     ckpt_dir = Path(s.checkpoint_dir) if s.checkpoint_dir else None
     log_path = ckpt_dir / LOG_FILE if ckpt_dir else None
     if ckpt_dir:
