@@ -36,3 +36,8 @@ from minigpt.data import (  # noqa: F401, E402
 
 # --- pretrained weights ---
 from minigpt.pretrained import from_pretrained, load_model, save_pretrained  # noqa: F401, E402
+
+# --- training and generation ---
+from minigpt.optim import AdamW, clip_grad_norm_, grad_norm, lr_at  # noqa: F401, E402
+from minigpt.generate import generate  # noqa: F401, E402
+from minigpt.train import TrainSettings, train  # noqa: F401, E402
