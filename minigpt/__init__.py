@@ -40,4 +40,4 @@ from minigpt.pretrained import from_pretrained, load_model, save_pretrained  # n
 # --- training and generation ---
 from minigpt.optim import AdamW, clip_grad_norm_, grad_norm, lr_at  # noqa: F401, E402
 from minigpt.generate import generate  # noqa: F401, E402
-from minigpt.train import TrainSettings, train  # noqa: F401, E402
+from minigpt.train import TrainSettings  # noqa: F401, E402  (the function stays minigpt.train.train)
