@@ -16,6 +16,20 @@ from minigpt.generate import (
     top_k_filter,
 )
 
+
+@pytest.fixture(autouse=True)
+def _one_numba_thread():
+    """These tests use tiny tensors. With two threads every kernel call wakes Numba's pool, which on
+    a busy 2-core machine costs ~20 ms a call (a 24-step run here: 35 s against 0.3 s); the kernels'
+    parallel paths are tested in the kernel tests."""
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(previous)
+
+
 # chapter 5's toy vocabulary and next-token logits (book-notes §5)
 VOCAB = ["closer", "every", "effort", "forward", "inches", "moves", "pizza", "toward", "you"]
 LOGITS = np.array([4.51, 0.89, -1.90, 6.75, 1.63, -1.62, -1.89, 6.28, 1.79])
