@@ -85,6 +85,24 @@ def test_cli_eval_json(ckpt, capsys):
         np.exp(out["val_loss"]))
 
 
+def test_cli_eval_threads(ckpt, capsys):
+    """--threads 1 sets Numba's pool (and OpenBLAS's); the loss is the same up to summation order."""
+    from minigpt.train import set_num_threads
+    _, d = ckpt
+    args = ["eval", "--model", str(d), "--text", "the-verdict", "--num-batches", "1", "--json"]
+    assert main(args) == 0
+    before = json.loads(capsys.readouterr().out)
+    numba = pytest.importorskip("numba")
+    previous = numba.get_num_threads()
+    try:
+        assert main([*args, "--threads", "1"]) == 0
+        assert numba.get_num_threads() == 1
+    finally:
+        set_num_threads(previous)
+    after = json.loads(capsys.readouterr().out)
+    assert after["train_loss"] == pytest.approx(before["train_loss"], rel=1e-5)
+
+
 def test_cli_eval_errors(ckpt, tmp_path, capsys):
     _, d = ckpt
     short = tmp_path / "short.txt"

@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="evaluate only the first N batches of each split (0: all)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="the model's precision")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for BLAS and the Numba kernels (default: as the environment sets "
+                        "them; 1 can be faster on a busy machine)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--offline", action="store_true",
                    help="never download (same as MINIGPT_OFFLINE=1)")
@@ -110,6 +113,10 @@ def run(args) -> int:
     from minigpt.pretrained import load_model
     from minigpt.tokenizer import Tokenizer
 
+    if args.threads:
+        from minigpt.train import set_num_threads
+
+        set_num_threads(args.threads)
     text, label = read_text(args.text)
     kwargs = {"offline": True} if args.offline else {}
     t0 = time.perf_counter()
