@@ -81,8 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="(default: float32)")
     e.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="threads for BLAS and the Numba kernels (default: as the environment sets "
-                        "them)")
+                   help="threads for BLAS and the Numba kernels (default: the --threads the "
+                        "checkpoint's run was trained with, else as the environment sets them)")
 
 
 def load_tokenizer_for_checkpoint(path: str | Path):
@@ -103,10 +103,15 @@ def load_tokenizer_for_checkpoint(path: str | Path):
 def run(args: argparse.Namespace) -> int:
     from minigpt.generate import generate
 
-    if args.threads:
+    threads = args.threads
+    if threads is None and args.checkpoint:  # the run's own setting (--quick trains on one thread)
+        from minigpt.checkpoint import read_state
+
+        threads = (read_state(args.checkpoint)["state"].get("cli") or {}).get("threads")
+    if threads:
         from minigpt.train import set_num_threads
 
-        set_num_threads(args.threads)
+        set_num_threads(threads)
     dtype = np.dtype(args.dtype).type
     t0 = time.perf_counter()
     if args.checkpoint:
@@ -147,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         if args.num_samples > 1:
             print("-" * 40)
         print(args.prompt + tokenizer.decode(new))
+    sys.stdout.flush()  # the text before the timing line on stderr, also when piped
     n_new = out.shape[1] - len(ids)
     print(f"[{source}: loaded in {t1 - t0:.1f} s; {n_new} tokens x {args.num_samples} in "
           f"{t2 - t1:.2f} s, {n_new * args.num_samples / max(t2 - t1, 1e-9):.1f} tokens/s, "
