@@ -11,8 +11,8 @@ sequence through the model at every step). Each is timed ``--repeats`` times aft
 (2 tokens: Numba compilation); the tokens/s reported count new tokens only, as median and min..max over the
 repeats. The two token sequences are compared and must be equal.
 
-Models: "small" is 4 layers, width 192, 6 heads, vocab 1,024, context 256 (the size ``minigpt train
---quick`` trains); "124M" is GPT-2 small's shape (12 layers, width 768, 12 heads, vocab 50,257,
+Models: "small" is 4 layers, width 192, 6 heads, vocab 2,048 (the model ``minigpt train --quick``
+trains, with context 256 instead of 64); "124M" is GPT-2 small's shape (12 layers, width 768, 12 heads, vocab 50,257,
 context 1,024, qkv bias, tied head).
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"greedy, batch 1, prompt {args.prompt} + {args.new} new tokens, float32, random weights; "
           f"{args.repeats} timed runs after a 2-token warm-up\n")
     models = {
-        "small": GPTConfig(vocab_size=1024, context_length=256, emb_dim=192, n_heads=6, n_layers=4,
+        "small": GPTConfig(vocab_size=2048, context_length=256, emb_dim=192, n_heads=6, n_layers=4,
                            drop_rate=0.0),
         "124M": GPTConfig(vocab_size=50257, context_length=1024, emb_dim=768, n_heads=12, n_layers=12,
                           drop_rate=0.0, qkv_bias=True, tie_weights=True),
