@@ -10,8 +10,13 @@ The environment variable sets the starting value; in code use the context manage
         loss, grads = model.loss_and_grads(idx, targets)
 
 Both paths produce the same caches, so a forward on one and a backward on the other compose.
-Dense products (the projections and the LM head) stay NumPy ``@`` (BLAS) on both paths: it is
-faster than the tiled Numba matmul (see ``minigpt bench`` and docs/kernels.md).
+Dense products (the projections and the LM head) are NumPy's BLAS on both paths: it is faster
+than the tiled Numba matmul (see ``minigpt bench`` and docs/kernels.md). On the Numba path they go
+through ``kernels.blas.gemm``: BLAS pinned to one thread, each large product split into one block
+per thread (no spinning BLAS threads competing with Numba's; see that module).
+
+Threads: ``set_threads(n)`` sets both Numba's count and the product split. Unset, the first product
+uses ``OMP_NUM_THREADS`` when set, else Numba's count (``NUMBA_NUM_THREADS``, default all cores).
 """
 
 from __future__ import annotations
@@ -48,6 +53,28 @@ def set_backend(name: str) -> None:
 def numba_enabled() -> bool:
     """True when the layers should dispatch to the Numba kernels."""
     return _current == "numba"
+
+
+def set_threads(n: int) -> int:
+    """Use ``n`` threads in the Numba kernels and the split BLAS products; returns the count set
+    (capped at ``NUMBA_NUM_THREADS``, the most Numba can start)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {n!r}")
+    import numba
+
+    import kernels.blas
+
+    n = min(n, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n)
+    kernels.blas.set_threads(n)
+    return n
+
+
+def get_threads() -> int:
+    """The thread count the kernels and products use now."""
+    import numba
+
+    return numba.get_num_threads()
 
 
 @contextmanager

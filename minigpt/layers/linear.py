@@ -1,11 +1,25 @@
 """Affine map in GPT-2's ``x @ W`` layout (W is (in, out), as OpenAI's Conv1D stores it).
 
     y = x W + b                                                                  (eq. 3.1)
+
+Every product is one 2-D matrix product over all B*T rows: ``x.reshape(-1, n_in) @ w``. A 3-D
+``x @ w`` would make NumPy call BLAS once per sequence (B small products instead of one big one),
+which is slower and, with a threaded BLAS, synchronises its threads B times as often.
+With ``minigpt.backend`` on "numba" the products go through ``kernels.blas.gemm`` (the same BLAS,
+pinned to one thread, each product split into one block of rows per thread).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from kernels.blas import gemm
+from minigpt import backend
+
+
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a (M, K) @ b (K, N) -> (M, N): ``kernels.blas.gemm`` on the Numba path, else ``@``."""
+    return gemm(a, b) if backend.numba_enabled() else a @ b
 
 
 def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None):
@@ -13,10 +27,12 @@ def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None):
 
     Cache: ``(x, w, has_bias)``; the input is needed for dW (eq. 3.3), the weight for dx (eq. 3.2).
     """
-    out = x @ w                                            # (..., n_in) @ (n_in, n_out) -> (..., n_out)
+    n_in, n_out = w.shape
+    x2 = x.reshape(-1, n_in)                               # (N, n_in)
+    out = _mm(x2, w)                                       # (N, n_in) @ (n_in, n_out) -> (N, n_out)
     if b is not None:
         out += b
-    return out, (x, w, b is not None)
+    return out.reshape(*x.shape[:-1], n_out), (x, w, b is not None)
 
 
 def linear_backward(dout: np.ndarray, cache, dw: np.ndarray, db: np.ndarray | None) -> np.ndarray:
@@ -30,8 +46,11 @@ def linear_backward(dout: np.ndarray, cache, dw: np.ndarray, db: np.ndarray | No
     n_in, n_out = w.shape
     x2 = x.reshape(-1, n_in)                               # (N, n_in)
     d2 = dout.reshape(-1, n_out)                           # (N, n_out)
-    dw += x2.T @ d2                                        # (n_in, N) @ (N, n_out) -> (n_in, n_out)
+    if dw.flags.f_contiguous and not dw.flags.c_contiguous:
+        dw.T[...] += _mm(d2.T, x2)                         # (n_out, N) @ (N, n_in): the view's own layout
+    else:
+        dw += _mm(x2.T, d2)                                # (n_in, N) @ (N, n_out) -> (n_in, n_out)
     if has_bias:
         db += d2.sum(axis=0)                               # (N, n_out) -> (n_out,)
-    dx = dout @ w.T                                        # (..., n_out) @ (n_out, n_in) -> (..., n_in)
-    return dx
+    dx = _mm(d2, w.T)                                      # (N, n_out) @ (n_out, n_in) -> (N, n_in)
+    return dx.reshape(*dout.shape[:-1], n_in)

@@ -1,0 +1,176 @@
+"""Dense products for the fast path: NumPy's BLAS, single-threaded, split across a small pool.
+
+    gemm(a, b) = a @ b          a (M, K), b (K, N) -> (M, N), any strides BLAS accepts
+
+Why not just ``a @ b`` with a multi-threaded BLAS? NumPy's OpenBLAS spin-waits between its
+threads inside every product. On a quiet machine that is fine; on a shared one (another process
+on the cores) a spinning thread burns the time slice its partner needs, and some shapes of the
+training step (a weight gradient ``x^T dout`` with a small output and K = B*T) ran 5-50x slower
+with 2 BLAS threads than with one (benchmarks/bench_kernels.py has the ``gemm`` rows). So the fast
+path keeps BLAS at ONE thread and splits each large product itself into ``n`` independent blocks
+of output rows (or columns, whichever is larger), one per pool thread. The pool's threads block
+(no spinning) while idle, there is exactly one synchronisation per product, and no BLAS call ever
+runs inside a parallel Numba loop.
+
+The BLAS thread count is set through OpenBLAS's own C API (``openblas_set_num_threads``) in the
+library NumPy loaded; with another BLAS (MKL, Accelerate) nothing is changed and ``gemm`` is a
+plain ``a @ b``. ``set_threads(n)`` is called by ``minigpt.backend.set_threads``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+# Products smaller than this many multiply-adds run on the calling thread (pool hand-off ~20 us).
+MIN_SPLIT_MACS = 1 << 21
+
+_lock = threading.Lock()
+_state = {"threads": 1, "pool": None, "lib": None, "looked": False, "pinned": False,
+          "configured": False}
+
+
+def _openblas():
+    """NumPy's OpenBLAS as a ctypes library with its thread getters/setters, or None."""
+    if _state["looked"]:
+        return _state["lib"]
+    _state["looked"] = True
+    libdir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+    candidates = sorted(glob.glob(os.path.join(libdir, "libscipy_openblas*.so*"))
+                        + glob.glob(os.path.join(libdir, "libopenblas*.so*")))
+    for path in candidates:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        found = {}
+        for key, names in {
+            "set": ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                    "openblas_set_num_threads64_", "openblas_set_num_threads"),
+            "get": ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                    "openblas_get_num_threads64_", "openblas_get_num_threads"),
+            "config": ("scipy_openblas_get_config64_", "scipy_openblas_get_config",
+                       "openblas_get_config64_", "openblas_get_config"),
+            "core": ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
+                     "openblas_get_corename64_", "openblas_get_corename"),
+        }.items():
+            for name in names:
+                if hasattr(lib, name):
+                    found[key] = getattr(lib, name)
+                    break
+        if "set" in found and "get" in found:
+            found["set"].argtypes = [ctypes.c_int]
+            found["set"].restype = None
+            found["get"].restype = ctypes.c_int
+            for key in ("config", "core"):
+                if key in found:
+                    found[key].restype = ctypes.c_char_p
+            _state["lib"] = found
+            break
+    return _state["lib"]
+
+
+def blas_info() -> dict:
+    """What NumPy's BLAS is: name/version from ``np.show_config``, OpenBLAS's core and its
+    current thread count when the library can be reached (else None)."""
+    info: dict = {"name": "unknown", "version": "", "core": None, "threads": None}
+    try:
+        cfg = np.show_config(mode="dicts")
+        blas = cfg.get("Build Dependencies", {}).get("blas", {})
+        info["name"] = blas.get("name", "unknown")
+        info["version"] = blas.get("version", "")
+    except Exception:  # noqa: BLE001 - old NumPy without mode="dicts"
+        pass
+    lib = _openblas()
+    if lib is not None:
+        info["threads"] = int(lib["get"]())
+        if "core" in lib:
+            info["core"] = lib["core"]().decode(errors="replace")
+        if "config" in lib:
+            info["config"] = lib["config"]().decode(errors="replace")
+    return info
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` threads for the products: BLAS itself pinned to 1, a pool of ``n`` workers."""
+    n = max(1, int(n))
+    with _lock:
+        lib = _openblas()
+        if lib is not None:
+            lib["set"](1)
+            _state["pinned"] = True
+        if n != _state["threads"] or _state["pool"] is None:
+            if _state["pool"] is not None:
+                _state["pool"].shutdown(wait=True)
+            _state["pool"] = ThreadPoolExecutor(max_workers=n - 1) if n > 1 else None
+            _state["threads"] = n
+        _state["configured"] = True
+
+
+def default_threads() -> int:
+    """Threads to use when nobody chose: ``OMP_NUM_THREADS`` when set, else Numba's count
+    (``NUMBA_NUM_THREADS``, default the number of cores)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    import numba
+    return numba.get_num_threads()
+
+
+def get_threads() -> int:
+    """The number of blocks ``gemm`` splits a large product into."""
+    return _state["threads"]
+
+
+def splitting() -> bool:
+    """True when ``gemm`` splits products itself (BLAS pinned to one thread, pool of > 1)."""
+    return _state["pinned"] and _state["threads"] > 1
+
+
+def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """a (M, K) @ b (K, N) -> (M, N), written into ``out`` when given (C-contiguous (M, N)).
+
+    Large products are cut into ``get_threads()`` blocks of rows of the result (or of columns
+    when N > M), each a single-threaded BLAS call on its own slice of ``out``: no two blocks
+    write the same element, and the sum over K is done by BLAS in one piece (the same rounding
+    as ``a @ b`` up to BLAS's own blocking).
+    """
+    M, K = a.shape
+    N = b.shape[1]
+    if out is None:
+        out = np.empty((M, N), dtype=np.result_type(a, b))
+    if not _state["configured"]:
+        set_threads(default_threads())
+    lib = _state["lib"]
+    if lib is not None and lib["get"]() != 1:      # someone raised BLAS's threads since: pin again
+        lib["set"](1)
+    n = _state["threads"]
+    pool = _state["pool"]
+    if not _state["pinned"] or pool is None or M * K * N < MIN_SPLIT_MACS:
+        return np.matmul(a, b, out=out)
+    by_rows = M >= N
+    size = M if by_rows else N
+    n = min(n, max(1, size // 16))
+    if n <= 1:
+        return np.matmul(a, b, out=out)
+    edges = [size * i // n for i in range(n + 1)]
+    futures = []
+    for i in range(1, n):
+        lo, hi = edges[i], edges[i + 1]
+        if by_rows:
+            futures.append(pool.submit(np.matmul, a[lo:hi], b, out=out[lo:hi]))
+        else:
+            futures.append(pool.submit(np.matmul, a, b[:, lo:hi], out=out[:, lo:hi]))
+    lo, hi = edges[0], edges[1]
+    if by_rows:
+        np.matmul(a[lo:hi], b, out=out[lo:hi])
+    else:
+        np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
+    for f in futures:
+        f.result()
+    return out
