@@ -15,6 +15,10 @@ written in that order, so float32 results follow PyTorch's to rounding. The book
 parameters (``AdamW(model.parameters(), weight_decay=0.1)``); GPT-2 practice (nanoGPT) decays only
 matrices and embeddings, never biases or layernorm gains: ``decay="matrices"``.
 
+With ``minigpt.backend`` on "numba" (the default) the update is one fused Numba pass per run of
+parameters (``kernels.adamw_step_numba``, the same formula, held to its NumPy twin by the kernel
+tests); ``MINIGPT_KERNELS=numpy`` runs the chunked NumPy passes below.
+
 The schedule is appendix D's: linear warmup from ``initial_lr`` to ``peak_lr`` over ``warmup_steps``,
 then cosine decay to ``min_lr`` at the last step. Clipping is ``torch.nn.utils.clip_grad_norm_``.
 """
@@ -25,6 +29,9 @@ import math
 from typing import Any
 
 import numpy as np
+
+from kernels.adamw import adamw_step_numba
+from minigpt import backend
 
 # Elements per chunk of the vectorised passes: big enough that NumPy's per-call overhead vanishes,
 # small enough (4 MiB of float32) that the temporaries stay in cache and cost no memory.
@@ -141,6 +148,18 @@ class AdamW:
         else:
             self.decay_ranges = _merge([(a, b) for a, b, shape in self.layout.values() if len(shape) >= 2])
 
+    def _segments(self) -> list[tuple[int, int, bool]]:
+        """The flat buffer cut into consecutive (start, stop, decays) runs."""
+        segs, pos = [], 0
+        for a, b in self.decay_ranges:
+            if a > pos:
+                segs.append((pos, a, False))
+            segs.append((a, b, True))
+            pos = b
+        if pos < self.flat.size:
+            segs.append((pos, self.flat.size, False))
+        return segs
+
     def decay_mask(self) -> np.ndarray:
         """A boolean mask over the flat buffer: True where weight decay applies."""
         mask = np.zeros(self.flat.size, dtype=bool)
@@ -172,6 +191,12 @@ class AdamW:
         self.t += 1
         lr, (b1, b2), eps, wd = self.lr, self.betas, self.eps, self.weight_decay
         p, m, v = self.flat, self.m, self.v
+        if backend.numba_enabled() and g.dtype == p.dtype and g.flags.c_contiguous:
+            # one fused pass per run of (decayed | not decayed) parameters, same formula
+            for a, b, decays in self._segments():
+                adamw_step_numba(p[a:b], g[a:b], m[a:b], v[a:b], lr, b1, b2, eps,
+                                 wd if decays else 0.0, self.t)
+            return
         if wd != 0.0 and lr != 0.0:
             keep = 1.0 - lr * wd  # decoupled decay multiplies the weights, not the gradient
             for a, b in self.decay_ranges:
