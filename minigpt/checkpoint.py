@@ -108,6 +108,15 @@ def _save_tensors(tensors: dict[str, np.ndarray], path: Path) -> None:
     _fsync_file(path)
 
 
+def _older_hint(ckpt: Path) -> str:
+    """How to fall back to an older checkpoint of the same run (named, if there is one)."""
+    older = [p.name for p in list_checkpoints(ckpt.parent) if p.name != ckpt.name]
+    if not older:
+        return "there is no older checkpoint in this run to fall back to"
+    return (f"to resume from an older one, write its name ({', '.join(older)}) into "
+            f"{ckpt.parent / LATEST}")
+
+
 def _load_tensors(path: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
@@ -115,7 +124,7 @@ def _load_tensors(path: Path) -> dict[str, np.ndarray]:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for a bad header or size
         raise CheckpointError(f"{path}: not a readable safetensors file ({e}); the checkpoint is "
-                              "corrupt - resume from an older one (see the step-* directories)") from e
+                              f"corrupt; {_older_hint(path.parent)}") from e
 
 
 # --- saving --------------------------------------------------------------------------------------------
@@ -243,7 +252,7 @@ def verify(path: str | os.PathLike) -> dict[str, Any]:
             raise CheckpointError(f"{f} is missing: the checkpoint is incomplete")
         if _sha256(f) != digest:
             raise CheckpointError(f"{f} does not match the sha256 recorded when it was saved: the file "
-                                  "is corrupt - resume from an older checkpoint (see step-* directories)")
+                                  f"is corrupt; {_older_hint(ckpt)}")
     return meta
 
 

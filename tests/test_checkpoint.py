@@ -120,3 +120,15 @@ def test_mismatched_model_or_dtype_is_refused(tmp_path):
     (tmp_path / "latest").write_text("step-00000777\n")
     with pytest.raises(CheckpointError, match="not a complete checkpoint"):
         resolve(tmp_path)
+
+
+def test_a_corrupt_latest_names_the_older_checkpoint_to_fall_back_to(tmp_path):
+    model, opt, _ = trained()
+    save_checkpoint(tmp_path, model, opt, step=4)
+    save_checkpoint(tmp_path, model, opt, step=6)
+    f = tmp_path / "step-00000006" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-8] + b"\x00" * 8)
+    with pytest.raises(CheckpointError, match=r"step-00000004\) into .*latest"):
+        load_checkpoint(tmp_path, GPTModel(CFG), AdamW(GPTModel(CFG)))
+    (tmp_path / "latest").write_text("step-00000004\n")  # what the message says to do
+    assert load_checkpoint(tmp_path, GPTModel(CFG), AdamW(GPTModel(CFG)))["step"] == 4
