@@ -7,9 +7,23 @@ No model knowledge lives here: the model's layers (``minigpt/layers``) call thes
 ``PAIRS`` maps each op name to its (numpy, numba) pair; tests and benchmarks walk it.
 Kernels compile lazily on first use (one specialisation per dtype/layout actually used) and
 cache their machine code on disk (``cache=True``), so a second process loads instead of compiling.
+Threads: see ``kernels.blas`` (products) and the threading-layer note below; docs/kernels.md.
 """
 
 from __future__ import annotations
+
+import os
+
+from numba import config as _numba_config
+
+# Threading layer: "workqueue" unless the user chose one (NUMBA_THREADING_LAYER). Its workers block
+# instead of spinning; on this project's shared 2-core machine a parallel launch cost ~12 ms with
+# "omp" (the default pick) and ~0.07 ms with workqueue, and a training step of the 'small' bench
+# config went from 1.49 s to 0.87 s (``minigpt bench`` prints the layer in use). Workqueue must not
+# be entered from two Python threads at once; minigpt calls kernels from one thread only. Set before
+# any parallel kernel runs (the layer is fixed at the first parallel launch).
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    _numba_config.THREADING_LAYER = "workqueue"
 
 from kernels.adamw import adamw_step_numba, adamw_step_numpy, sumsq_numba, sumsq_numpy
 from kernels.attention import (

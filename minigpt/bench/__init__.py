@@ -1,0 +1,27 @@
+"""``minigpt bench``: how fast minigpt runs on this machine, against NumPy twins and PyTorch.
+
+    system.py        the header: CPU, threads actually used, NumPy's BLAS, Numba and its threading layer
+    kernel_times.py  every Numba kernel, cold (compile; cache load) and warm, against its NumPy twin
+    torch_peer.py    the same GPT-2 in PyTorch eager (optional: "PyTorch not installed" without it)
+    model_bench.py   a whole training step and KV-cached greedy decode, minigpt vs PyTorch, interleaved
+                     in one process; per-phase profile; GEMM rate and MFU
+    memory.py        peak resident memory (VmHWM) of each, one fresh subprocess per measurement
+    startup.py       compile time of a fresh process: empty Numba cache vs populated cache
+
+Every figure is measured by the command that prints it; ``docs/kernels.md`` shows a full run.
+"""
+
+from __future__ import annotations
+
+from minigpt.config import GPTConfig
+
+# name -> (config, batch size, tokens per sequence). "small" and "gpt2" are the peer configurations of
+# the issue; "tiny" is for tests and smoke runs. All: tied head, qkv bias, dropout 0 (as the peer).
+CONFIGS: dict[str, tuple[GPTConfig, int, int]] = {
+    "tiny": (GPTConfig(vocab_size=256, context_length=64, emb_dim=64, n_heads=4, n_layers=2,
+                       drop_rate=0.0, qkv_bias=True, tie_weights=True), 2, 32),
+    "small": (GPTConfig(vocab_size=4096, context_length=256, emb_dim=256, n_heads=8, n_layers=4,
+                        drop_rate=0.0, qkv_bias=True, tie_weights=True), 16, 128),
+    "gpt2": (GPTConfig(vocab_size=50257, context_length=1024, emb_dim=768, n_heads=12, n_layers=12,
+                       drop_rate=0.0, qkv_bias=True, tie_weights=True), 4, 128),
+}

@@ -1,0 +1,143 @@
+"""Run the benchmark sections and print them as plain-text tables (``minigpt bench``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from minigpt.bench import CONFIGS
+
+
+def _rng(d: dict) -> str:
+    lo, hi = d["tok_s_range"]
+    return f"{d['tok_s']:9.0f} [{lo:.0f}..{hi:.0f}]"
+
+
+def run(configs: list[str], steps: int, threads: int, decode_tokens: int, sections: set[str],
+        kernel_config: str = "small", print_fn: Callable[[str], None] = print) -> dict:
+    """Print the header and every requested section; return the raw results."""
+    from minigpt import backend
+    from minigpt.bench import kernel_times, memory, model_bench, startup, system
+
+    threads = backend.set_threads(threads)
+    out: dict = {}
+    p = print_fn
+    p(f"minigpt bench: configs {', '.join(configs)}; {steps} timed steps; {threads} thread(s); "
+      f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    for line in system.header_lines():
+        p("  " + line)
+    has_torch = system.torch_or_none() is not None
+    for name in configs:
+        cfg, B, T = CONFIGS[name]
+        p(f"  config {name:6s} V={cfg.vocab_size} ctx={cfg.context_length} C={cfg.emb_dim} "
+          f"H={cfg.n_heads} L={cfg.n_layers} ({cfg.n_params() / 1e6:.1f}M params), batch {B} x {T}")
+
+    if "kernels" in sections:
+        kc = kernel_config if kernel_config in configs or kernel_config == "small" else configs[0]
+        if "tiny" in configs and len(configs) == 1:
+            kc = "tiny"
+        p("")
+        p(f"Kernels: float32, shapes of '{kc}'; both twins validated, then median of 5 warm calls")
+        p(f"  {'op':26s} {'NumPy ms':>9s} {'Numba ms':>9s} {'speed-up':>8s} {'max rel err':>11s}")
+        rows = kernel_times.warm_times(kc)
+        out["kernels"] = rows
+        for r in rows:
+            p(f"  {r['op']:26s} {r['numpy'] * 1e3:9.2f} {r['numba'] * 1e3:9.2f} "
+              f"{r['numpy'] / r['numba']:7.2f}x {r['err']:11.1e}")
+        p("  ('gemm' row: NumPy column = a @ b with BLAS's own threads; Numba column = "
+          "kernels.blas.gemm, BLAS pinned to 1 thread, split per thread)")
+        cold = kernel_times.cold_times("tiny")
+        out["kernels_cold"] = cold
+        comp, load = cold.get("compile", {}), cold.get("load", {})
+        if "error" in comp or "error" in load:
+            p(f"  cold: failed: {comp.get('error') or load.get('error')}")
+        else:
+            p("  Cold, fresh process each, tiny shapes: first call minus second call (ms)")
+            p(f"  {'op':26s} {'compile':>9s} {'cache load':>10s}")
+            for op in comp:
+                p(f"  {op:26s} {comp[op] * 1e3:9.0f} {load[op] * 1e3:10.0f}")
+            p(f"  {'total':26s} {sum(comp.values()) * 1e3:9.0f} {sum(load.values()) * 1e3:10.0f}")
+
+    if "train" in sections:
+        p("")
+        p("Training step (forward, loss, backward, AdamW), float32; median of interleaved steps "
+          "[slowest..fastest]")
+        p(f"  {'config':7s} {'tokens':>6s} {'minigpt tok/s':>28s} {'PyTorch tok/s':>28s} "
+          f"{'ratio':>6s} {'MFU mg/pt':>10s} {'GEMM GF/s':>9s}")
+        out["train"] = {}
+        for name in configs:
+            r = model_bench.train_step(name, steps, threads, with_torch=has_torch)
+            out["train"][name] = r
+            pt = r.get("torch", "PyTorch not installed")
+            pts = _rng(pt) if isinstance(pt, dict) else "PyTorch not installed"
+            ratio = f"{r['ratio']:6.2f}" if "ratio" in r else "     -"
+            mfu = (f"{r['minigpt']['mfu']:.2f}/" + (f"{pt['mfu']:.2f}" if isinstance(pt, dict) else "-"))
+            p(f"  {name:7s} {r['tokens']:6d} {_rng(r['minigpt']):>28s} {pts:>28s} {ratio} "
+              f"{mfu:>10s} {r['gemm_gflops']:9.1f}")
+            if "first_loss" in r:
+                a, b = r["first_loss"]
+                p(f"          first loss: minigpt {a:.6f}, PyTorch {b:.6f} (same weights)")
+
+    if "decode" in sections:
+        p("")
+        p(f"KV-cached greedy decode, batch 1, 16-token prompt, up to {decode_tokens} new tokens; "
+          f"median of {max(3, steps // 2)} interleaved runs")
+        p(f"  {'config':7s} {'new':>4s} {'minigpt tok/s':>28s} {'PyTorch tok/s':>28s} {'ratio':>6s} "
+          f"{'same tokens':>11s}")
+        out["decode"] = {}
+        for name in configs:
+            r = model_bench.decode(name, decode_tokens, max(3, steps // 2), threads,
+                                   with_torch=has_torch)
+            out["decode"][name] = r
+            pt = r.get("torch", "PyTorch not installed")
+            pts = _rng(pt) if isinstance(pt, dict) else "PyTorch not installed"
+            ratio = f"{r['ratio']:6.2f}" if "ratio" in r else "     -"
+            same = f"{r['same_tokens']}/{r['n_new']}" if "same_tokens" in r else "-"
+            p(f"  {name:7s} {r['n_new']:4d} {_rng(r['minigpt']):>28s} {pts:>28s} {ratio} {same:>11s}")
+
+    if "memory" in sections:
+        p("")
+        p("Peak memory: VmHWM of a fresh process per row (2 training steps, or one decode); "
+          "in brackets its RSS after imports")
+        p(f"  {'config':7s} {'task':6s} {'minigpt MiB':>18s} {'PyTorch MiB':>18s} {'ratio':>6s}")
+        out["memory"] = []
+        for name in configs:
+            for task in ("train", "decode"):
+                mg = memory.measure("minigpt", task, name, threads, decode_tokens)
+                pt = memory.measure("torch", task, name, threads, decode_tokens) if has_torch else None
+                out["memory"].append((mg, pt))
+
+                def cell(d):
+                    if d is None:
+                        return "not installed"
+                    if "error" in d:
+                        return "error: " + d["error"][:30]
+                    return f"{d['peak_mb']:8.0f} [{d['base_mb']:.0f}]"
+                ok = pt is not None and "error" not in pt and "error" not in mg
+                ratio = f"{mg['peak_mb'] / pt['peak_mb']:6.2f}" if ok else "     -"
+                p(f"  {name:7s} {task:6s} {cell(mg):>18s} {cell(pt):>18s} {ratio}")
+
+    if "profile" in sections:
+        for name in configs:
+            r = model_bench.phase_profile(name, max(1, min(steps, 3)))
+            out.setdefault("profile", {})[name] = r
+            p("")
+            p(f"Where a minigpt training step goes ('{name}', mean of {r['steps']} steps, "
+              f"{r['total_s'] * 1e3:.0f} ms per step; forward + backward per phase)")
+            for k, v in r["phases"].items():
+                p(f"  {k:32s} {v * 1e3:8.1f} ms {100 * v / r['total_s']:5.1f}%")
+
+    if "startup" in sections:
+        p("")
+        r = startup.measure()
+        out["startup"] = r
+        p("Start-up: fresh process, one training step of 'tiny' (NUMBA_CACHE_DIR = a new temp dir)")
+        for label, what in (("cold", "empty cache"), ("warm", "cache from the run before")):
+            d = r.get(label, {})
+            if "error" in d:
+                p(f"  {label}: failed: {d['error']}")
+                continue
+            p(f"  {label} ({what}): whole process {d['process_s']:.2f} s, "
+              f"first step {d['first_step_s']:.2f} s, second {d['second_step_s'] * 1e3:.0f} ms "
+              f"-> compile/load {d['compile_s']:.2f} s")
+    return out
