@@ -310,9 +310,10 @@ def _equation(name: str, cfg: GPTConfig) -> str:
 
 
 def check_model(cfg: GPTConfig = TINY, seed: int = 0, model_cls=GPTModel, max_per_tensor: int | None = None,
-                label: str | None = None) -> list[CheckResult]:
+                label: str | None = None, only: str | None = None) -> list[CheckResult]:
     """Check ``loss_and_grads`` against central differences of ``loss`` over the flat parameter
-    vector: every element of every parameter (or ``max_per_tensor`` sampled ones).
+    vector: every element of every parameter (or ``max_per_tensor`` sampled ones; with ``only``,
+    just the parameters whose name ends with it).
 
     The input ids are integers and have no gradient; the model's continuous input is the embedding
     table, whose rows the ids select, so the wte / wpe rows checked here are the input gradient.
@@ -329,8 +330,8 @@ def check_model(cfg: GPTConfig = TINY, seed: int = 0, model_cls=GPTModel, max_pe
     targets[1, 0] = -100
 
     def L() -> float:
-        drop_rng = np.random.default_rng(99) if cfg.drop_rate > 0 else None
-        return model.loss_and_grads(idx, targets, rng=drop_rng)[0] if drop_rng else model.loss(idx, targets)
+        drop_rng = np.random.default_rng(99) if cfg.drop_rate > 0 else None   # the same masks every time
+        return model.loss(idx, targets, rng=drop_rng)
 
     drop_rng = np.random.default_rng(99) if cfg.drop_rate > 0 else None
     model.loss_and_grads(idx, targets, rng=drop_rng)
@@ -339,6 +340,9 @@ def check_model(cfg: GPTConfig = TINY, seed: int = 0, model_cls=GPTModel, max_pe
     results, offset = [], 0
     for name, shape in model.shapes.items():
         size = int(np.prod(shape))
+        if only is not None and not name.endswith(only):
+            offset += size
+            continue
         if max_per_tensor is None or size <= max_per_tensor:
             local = np.arange(size)
         else:

@@ -213,11 +213,12 @@ class GPTModel:
         return x @ self.head_weight().T                                           # (B, T, V)
 
     # --- loss and backward ----------------------------------------------------------------------
-    def loss(self, idx, targets) -> float:
-        """Mean cross-entropy over targets != -100, no dropout, no backward (evaluation)."""
+    def loss(self, idx, targets, *, rng: np.random.Generator | None = None) -> float:
+        """Mean cross-entropy over targets != -100, no backward. Dropout only when ``rng`` is
+        given (as in ``loss_and_grads``); evaluation leaves it out."""
         idx = self._check_idx(idx)
         targets = self._check_targets(targets, idx)
-        logits, _ = self._forward(idx, None, keep_caches=False)
+        logits, _ = self._forward(idx, rng, keep_caches=False)
         loss, _ = cross_entropy(logits, targets, grad=False)
         return loss
 

@@ -42,7 +42,8 @@ def test_key_bias_gradient_is_exactly_zero_and_passes():
     """Softmax is shift-invariant per row, and the key bias shifts row i of the scores by q_i . b_k,
     so dL/db_k is exactly zero (derivations eq. 10.3). The combined criterion must accept it."""
     cfg = gc.TINY
-    results = gc.check_model(cfg, max_per_tensor=None, label="kbias")
+    results = gc.check_model(cfg, max_per_tensor=None, label="kbias", only="attn.c_attn.bias")
+    assert len(results) == cfg.n_layers
     from minigpt.model import GPTModel
     m = GPTModel(cfg, seed=0, dtype=np.float64)
     gc._randomise(m, np.random.default_rng(0))
