@@ -19,6 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-negative", action="store_true", help="skip the negative controls")
     p.add_argument("--verbose", "-v", action="store_true", help="one row per tensor (default: "
                    "one row per tensor too, grouped; -v adds the equation column)")
+    p.add_argument("--kernels", choices=("numba", "numpy", "both"), default=None,
+                   help="which layer code to check: the Numba kernels, the NumPy reference code or "
+                        "both, one after the other (default: MINIGPT_KERNELS, else numba)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads for BLAS and Numba (default: 1; the matrices here are tiny, and "
+                        "more threads only spin)")
 
 
 def _row(cols, widths):
@@ -26,6 +32,22 @@ def _row(cols, widths):
 
 
 def run(args) -> int:
+    from minigpt import backend
+    from minigpt.train import set_num_threads
+
+    set_num_threads(args.threads)
+    names = [backend.get_backend()] if args.kernels is None else (
+        ["numba", "numpy"] if args.kernels == "both" else [args.kernels])
+    status = 0
+    for name in names:
+        with backend.use(name):
+            print(f"=== layers on the {name} path (MINIGPT_KERNELS={name}) ===")
+            status |= _run_one(args)
+        print()
+    return status
+
+
+def _run_one(args) -> int:
     t_start = time.perf_counter()
     print(f"float64 central differences, h = {gc.EPS:g}; pass when |analytic - numeric| <= "
           f"{gc.ATOL:g} + {gc.RTOL:g} * |numeric| for every element (docs/derivations.md eq. 10.2)\n")
@@ -46,7 +68,9 @@ def run(args) -> int:
         print(_row(cols, widths))
     n_fail = sum(not r.passed for r in results)
     n_elems = sum(r.n_checked for r in results)
-    print(f"\n{len(results) - n_fail}/{len(results)} tensors pass ({n_elems} elements checked)")
+    worst = max((r.max_abs_err for r in results), default=0.0)
+    print(f"\n{len(results) - n_fail}/{len(results)} tensors pass ({n_elems:,} elements checked, "
+          f"worst abs error {worst:.1e})")
 
     missed = 0
     if negatives:
