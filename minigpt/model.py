@@ -231,7 +231,7 @@ class GPTModel:
         idx = self._check_idx(idx)
         targets = self._check_targets(targets, idx)
         logits, (c_emb, c_drop, c_blocks, c_lnf, c_head) = self._forward(idx, rng, keep_caches=True)
-        loss, dlogits = cross_entropy(logits, targets)                          # (B, T, V)
+        loss, dlogits = cross_entropy(logits, targets, inplace=True)            # (B, T, V), over logits
         del logits
         self.zero_grad()
         g = self.grads

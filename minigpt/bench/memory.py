@@ -40,13 +40,11 @@ def _child(impl: str, task: str, name: str, threads: int, n_new: int) -> dict:
         import torch  # noqa: F401  (imported before the baseline, like numba for minigpt)
     import kernels  # noqa: F401
     base = status_mb("VmRSS")
-    model = GPTModel(cfg, seed=0, dtype=np.float32)
     idx, targets = batch(cfg, B, T)
     prompt = idx[:1, :16]
     if impl == "torch":
         from minigpt.bench import torch_peer
-        net, torch = torch_peer.build(model, threads)
-        del model                                        # only the torch copy stays
+        net, torch = torch_peer.build(cfg, threads)      # its own init: no minigpt copy in memory
         if task == "train":
             step = torch_peer.train_step_fn(net, torch, idx, targets, LR, WD)
             step()
@@ -54,6 +52,7 @@ def _child(impl: str, task: str, name: str, threads: int, n_new: int) -> dict:
         else:
             torch_peer.greedy_decode(net, torch, prompt, n_new)
     else:
+        model = GPTModel(cfg, seed=0, dtype=np.float32)
         if task == "train":
             from minigpt.optim import AdamW
             opt = AdamW(model, lr=LR, weight_decay=WD)

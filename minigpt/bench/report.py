@@ -99,7 +99,8 @@ def run(configs: list[str], steps: int, threads: int, decode_tokens: int, sectio
         p("")
         p("Peak memory: VmHWM of a fresh process per row (2 training steps, or one decode); "
           "in brackets its RSS after imports")
-        p(f"  {'config':7s} {'task':6s} {'minigpt MiB':>18s} {'PyTorch MiB':>18s} {'ratio':>6s}")
+        p(f"  {'config':7s} {'task':6s} {'minigpt MiB':>18s} {'PyTorch MiB':>18s} {'ratio':>6s} "
+          f"{'above imports':>13s}")
         out["memory"] = []
         for name in configs:
             for task in ("train", "decode"):
@@ -115,7 +116,9 @@ def run(configs: list[str], steps: int, threads: int, decode_tokens: int, sectio
                     return f"{d['peak_mb']:8.0f} [{d['base_mb']:.0f}]"
                 ok = pt is not None and "error" not in pt and "error" not in mg
                 ratio = f"{mg['peak_mb'] / pt['peak_mb']:6.2f}" if ok else "     -"
-                p(f"  {name:7s} {task:6s} {cell(mg):>18s} {cell(pt):>18s} {ratio}")
+                above = (f"{(mg['peak_mb'] - mg['base_mb']) / (pt['peak_mb'] - pt['base_mb']):13.2f}"
+                         if ok else "            -")
+                p(f"  {name:7s} {task:6s} {cell(mg):>18s} {cell(pt):>18s} {ratio} {above}")
 
     if "profile" in sections:
         for name in configs:

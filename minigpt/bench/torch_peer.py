@@ -15,13 +15,14 @@ from minigpt.bench.system import torch_or_none
 
 
 def build(model, threads: int):
-    """A torch copy of the minigpt ``model`` (float32) -> (module, torch)."""
+    """A torch copy of the minigpt ``model`` (float32) -> (module, torch). Given a ``GPTConfig``
+    instead, PyTorch's own initialisation is kept (the memory bench: no minigpt copy in memory)."""
     torch = torch_or_none()
     if torch is None:
         raise ImportError("PyTorch not installed")
     torch.set_num_threads(threads)
     nn, F = torch.nn, torch.nn.functional
-    cfg = model.cfg
+    cfg = getattr(model, "cfg", model)
     C, H = cfg.emb_dim, cfg.n_heads
 
     class Block(nn.Module):
@@ -65,6 +66,8 @@ def build(model, threads: int):
 
     net = GPT()
     net.n_heads = H
+    if not hasattr(model, "params"):
+        return net, torch
     p = model.params
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
     with torch.no_grad():
@@ -96,7 +99,7 @@ def train_step_fn(net, torch, idx: np.ndarray, targets: np.ndarray, lr: float, w
         loss = F.cross_entropy(net(ti).view(-1, V), tt.view(-1))
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 

@@ -17,6 +17,9 @@ from kernels.blas import gemm
 from minigpt import backend
 
 
+DW_SLAB = 1 << 22  # elements (16 MiB of float32) of dW computed per product
+
+
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a (M, K) @ b (K, N) -> (M, N): ``kernels.blas.gemm`` on the Numba path, else ``@``."""
     return gemm(a, b) if backend.numba_enabled() else a @ b
@@ -46,10 +49,17 @@ def linear_backward(dout: np.ndarray, cache, dw: np.ndarray, db: np.ndarray | No
     n_in, n_out = w.shape
     x2 = x.reshape(-1, n_in)                               # (N, n_in)
     d2 = dout.reshape(-1, n_out)                           # (N, n_out)
+    # dW in slabs of at most DW_SLAB elements, so the product's temporary stays small (the tied LM
+    # head's (V, C) gradient would otherwise need a 154 MB temporary for GPT-2)
     if dw.flags.f_contiguous and not dw.flags.c_contiguous:
-        dw.T[...] += _mm(d2.T, x2)                         # (n_out, N) @ (N, n_in): the view's own layout
+        dwT = dw.T                                         # (n_out, n_in) C-contiguous view
+        step = max(1, DW_SLAB // n_in)
+        for o in range(0, n_out, step):                    # rows o:o+step of dW^T
+            dwT[o:o + step] += _mm(d2[:, o:o + step].T, x2)    # (s, N) @ (N, n_in) -> (s, n_in)
     else:
-        dw += _mm(x2.T, d2)                                # (n_in, N) @ (N, n_out) -> (n_in, n_out)
+        step = max(1, DW_SLAB // n_out)
+        for i in range(0, n_in, step):                     # rows i:i+step of dW
+            dw[i:i + step] += _mm(x2[:, i:i + step].T, d2)     # (s, N) @ (N, n_out) -> (s, n_out)
     if has_bias:
         db += d2.sum(axis=0)                               # (N, n_out) -> (n_out,)
     dx = _mm(d2, w.T)                                      # (N, n_out) @ (n_out, n_in) -> (N, n_in)
