@@ -141,38 +141,19 @@ def plot_losses(steps: list[int], tokens_seen: list[int], train_losses: list[flo
 
 # --- threads ------------------------------------------------------------------------------------------
 def set_num_threads(n: int) -> dict[str, int | None]:
-    """Use ``n`` threads in Numba's parallel kernels and in NumPy's OpenBLAS, at run time.
+    """Use ``n`` threads in Numba's parallel kernels and in the dense products, at run time.
 
-    Two pools of busy-waiting threads (OpenBLAS's and Numba's) on 2 cores slow each other down, and
-    a loaded machine makes it worse, so ``--threads 1`` can be the faster choice; results are
-    bit-identical only between runs with the same setting. Returns what was set (None: not found).
+    Delegates to ``minigpt.backend.set_threads``: Numba gets ``n`` threads and each large product is
+    split into ``n`` single-threaded BLAS calls (BLAS's own spinning threads are not used; see
+    ``kernels.blas``). Results are bit-identical only between runs with the same setting.
+    Returns what was set.
     """
     if n < 1:
         raise ValueError(f"threads must be >= 1, got {n}")
-    done: dict[str, int | None] = {"numba": None, "openblas": None}
-    try:
-        import numba
+    from minigpt import backend
 
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-        done["numba"] = numba.get_num_threads()
-    except (ImportError, ValueError):
-        pass
-    import ctypes
-    import glob
-
-    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*"))
-    for path in libs:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for sym in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                    "openblas_set_num_threads64_", "openblas_set_num_threads"):
-            if hasattr(lib, sym):
-                getattr(lib, sym)(ctypes.c_int(n))
-                done["openblas"] = n
-                break
-    return done
+    used = backend.set_threads(int(n))
+    return {"numba": used, "openblas": used}
 
 
 # --- settings and results ------------------------------------------------------------------------------
