@@ -28,6 +28,7 @@ from kernels._fast32 import exp32
 from kernels.softmax import causal_softmax_backward_numpy, causal_softmax_forward_numpy
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+SERIAL_BELOW = 1 << 20   # multiply-adds: smaller problems run the serial twin (decoding)
 
 
 def _check_qkv(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
@@ -87,57 +88,72 @@ def _ix(s, b, h, t, d):
     return s[0] * b + s[1] * h + s[2] * t + s[3] * d
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _attn_fwd(q, sq, k, sk, v, sv, out, so, mask, use_mask, att, fast):
+@njit(inline="always")
+def _attn_fwd_bh(q, sq, k, sk, v, sv, out, so, mask, use_mask, att, fast, bh):
+    """One (b, h) pair: scores of the allowed keys, softmax, weighted sum of values."""
     B, H, Tq, Tk = att.shape
     hs = sq[4]
     off = Tk - Tq
     dt = q.dtype.type
     scale = dt(1.0 / np.sqrt(hs))
     zero = dt(0.0)
+    b = bh // H
+    h = bh % H
+    Q = np.empty((Tq, hs), dtype=q.dtype)
+    K = np.empty((Tk, hs), dtype=q.dtype)
+    V = np.empty((Tk, hs), dtype=q.dtype)
+    for i in range(Tq):
+        for d in range(hs):
+            Q[i, d] = q[_ix(sq, b, h, i, d)] * scale
+    for j in range(Tk):
+        for d in range(hs):
+            K[j, d] = k[_ix(sk, b, h, j, d)]
+            V[j, d] = v[_ix(sv, b, h, j, d)]
+    acc = np.empty(hs, dtype=q.dtype)
+    for i in range(Tq):
+        last = i + off
+        a = att[b, h, i]
+        m = zero
+        for j in range(last + 1):
+            s = zero
+            for d in range(hs):
+                s += Q[i, d] * K[j, d]
+            a[j] = s
+            if j == 0 or s > m:
+                m = s
+        tot = zero
+        for j in range(last + 1):
+            e = exp32(a[j] - m) if fast else np.exp(a[j] - m)
+            a[j] = e
+            tot += e
+        inv = dt(1.0) / tot
+        for d in range(hs):
+            acc[d] = zero
+        for j in range(last + 1):
+            pj = a[j] * inv
+            a[j] = pj
+            wj = pj * mask[b, h, i, j] if use_mask else pj
+            for d in range(hs):
+                acc[d] += wj * V[j, d]
+        for j in range(last + 1, Tk):
+            a[j] = zero
+        for d in range(hs):
+            out[_ix(so, b, h, i, d)] = acc[d]
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _attn_fwd(q, sq, k, sk, v, sv, out, so, mask, use_mask, att, fast):
+    B, H = att.shape[0], att.shape[1]
     for bh in prange(B * H):
-        b = bh // H
-        h = bh % H
-        Q = np.empty((Tq, hs), dtype=q.dtype)
-        K = np.empty((Tk, hs), dtype=q.dtype)
-        V = np.empty((Tk, hs), dtype=q.dtype)
-        for i in range(Tq):
-            for d in range(hs):
-                Q[i, d] = q[_ix(sq, b, h, i, d)] * scale
-        for j in range(Tk):
-            for d in range(hs):
-                K[j, d] = k[_ix(sk, b, h, j, d)]
-                V[j, d] = v[_ix(sv, b, h, j, d)]
-        acc = np.empty(hs, dtype=q.dtype)
-        for i in range(Tq):
-            last = i + off
-            a = att[b, h, i]
-            m = zero
-            for j in range(last + 1):
-                s = zero
-                for d in range(hs):
-                    s += Q[i, d] * K[j, d]
-                a[j] = s
-                if j == 0 or s > m:
-                    m = s
-            tot = zero
-            for j in range(last + 1):
-                e = exp32(a[j] - m) if fast else np.exp(a[j] - m)
-                a[j] = e
-                tot += e
-            inv = dt(1.0) / tot
-            for d in range(hs):
-                acc[d] = zero
-            for j in range(last + 1):
-                pj = a[j] * inv
-                a[j] = pj
-                wj = pj * mask[b, h, i, j] if use_mask else pj
-                for d in range(hs):
-                    acc[d] += wj * V[j, d]
-            for j in range(last + 1, Tk):
-                a[j] = zero
-            for d in range(hs):
-                out[_ix(so, b, h, i, d)] = acc[d]
+        _attn_fwd_bh(q, sq, k, sk, v, sv, out, so, mask, use_mask, att, fast, bh)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _attn_fwd_serial(q, sq, k, sk, v, sv, out, so, mask, use_mask, att, fast):
+    """Same pairs on the calling thread: decoding has a few, tiny ones."""
+    B, H = att.shape[0], att.shape[1]
+    for bh in range(B * H):
+        _attn_fwd_bh(q, sq, k, sk, v, sv, out, so, mask, use_mask, att, fast, bh)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -226,8 +242,9 @@ def attention_forward_numba(q, k, v, out=None, drop_mask=None):
     att = np.empty((B, H, Tq, Tk), dtype=q.dtype)
     use_mask = drop_mask is not None
     mask = np.ascontiguousarray(drop_mask, dtype=q.dtype) if use_mask else _dummy_mask(q.dtype)
-    _attn_fwd(*_strided(q), *_strided(k), *_strided(v), *_strided(out), mask, use_mask, att,
-              q.dtype == np.float32)
+    kernel = _attn_fwd if B * H * Tq * Tk * hs >= SERIAL_BELOW else _attn_fwd_serial
+    kernel(*_strided(q), *_strided(k), *_strided(v), *_strided(out), mask, use_mask, att,
+           q.dtype == np.float32)
     return out, att
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+SERIAL_BELOW = 1 << 15   # elements: smaller inputs run the serial twin (no parallel launch, ~50 us)
 
 
 def _check(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> None:
@@ -54,27 +55,41 @@ def layernorm_backward_numpy(dout, xhat, w, rstd, dw, db):
 
 
 # ----------------------------------------------------------------------------- Numba kernels
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _ln_fwd(x, w, b, eps, out, xhat, rstd):
-    N, C = x.shape
+@njit(inline="always")
+def _ln_row(x, w, b, eps, out, xhat, rstd, n):
+    """Normalise row n of x into out/xhat/rstd (the body both drivers below share)."""
+    C = x.shape[1]
     dt = x.dtype.type
     invC = dt(1.0 / C)
-    for n in prange(N):
-        m = dt(0.0)
-        for c in range(C):
-            m += x[n, c]
-        m *= invC
-        v = dt(0.0)
-        for c in range(C):
-            t = x[n, c] - m
-            v += t * t
-        v *= invC
-        r = dt(1.0) / np.sqrt(v + dt(eps))
-        for c in range(C):
-            xh = (x[n, c] - m) * r
-            xhat[n, c] = xh
-            out[n, c] = xh * w[c] + b[c]
-        rstd[n] = r
+    m = dt(0.0)
+    for c in range(C):
+        m += x[n, c]
+    m *= invC
+    v = dt(0.0)
+    for c in range(C):
+        t = x[n, c] - m
+        v += t * t
+    v *= invC
+    r = dt(1.0) / np.sqrt(v + dt(eps))
+    for c in range(C):
+        xh = (x[n, c] - m) * r
+        xhat[n, c] = xh
+        out[n, c] = xh * w[c] + b[c]
+    rstd[n] = r
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _ln_fwd(x, w, b, eps, out, xhat, rstd):
+    for n in prange(x.shape[0]):
+        _ln_row(x, w, b, eps, out, xhat, rstd, n)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _ln_fwd_serial(x, w, b, eps, out, xhat, rstd):
+    """The same rows on the calling thread: for a few rows (decoding) a parallel launch costs more
+    than the work."""
+    for n in range(x.shape[0]):
+        _ln_row(x, w, b, eps, out, xhat, rstd, n)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -117,7 +132,8 @@ def layernorm_forward_numba(x, w, b, eps=1e-5):
     out = np.empty_like(x2)
     xhat = np.empty_like(x2)
     rstd = np.empty(x2.shape[0], dtype=x.dtype)
-    _ln_fwd(x2, np.ascontiguousarray(w), np.ascontiguousarray(b), eps, out, xhat, rstd)
+    kernel = _ln_fwd if x2.size >= SERIAL_BELOW else _ln_fwd_serial
+    kernel(x2, np.ascontiguousarray(w), np.ascontiguousarray(b), eps, out, xhat, rstd)
     return out.reshape(x.shape), xhat.reshape(x.shape), rstd.reshape(*x.shape[:-1], 1)
 
 

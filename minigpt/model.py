@@ -210,7 +210,8 @@ class GPTModel:
             x = block_step(x, bp, self.cfg.n_heads, cache.k[i], cache.v[i], t0)   # (B, T, C)
         x, _ = layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])
         cache.pos += idx.shape[1]
-        return x @ self.head_weight().T                                           # (B, T, V)
+        logits, _ = linear_forward(x, self.head_weight().T, None)                 # (B, T, V)
+        return logits
 
     # --- loss and backward ----------------------------------------------------------------------
     def loss(self, idx, targets, *, rng: np.random.Generator | None = None) -> float:
