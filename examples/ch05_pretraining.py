@@ -29,7 +29,7 @@ import minigpt
 from minigpt import GPT_CONFIG_124M, GPTModel, Tokenizer
 from minigpt.data import create_dataloader_v1, train_val_split
 from minigpt.optim import AdamW
-from minigpt.train import TrainSettings, set_num_threads, train
+from minigpt.train import TrainSettings, init_like_torch, set_num_threads, train
 
 
 def peak_rss_mib() -> float:
@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint-dir", default=None,
                     help="also save a checkpoint (about 2 GB: weights + AdamW m, v) here at the end")
     ap.add_argument("--progress", action="store_true", help="show a progress bar")
+    ap.add_argument("--init", choices=("torch", "gpt2"), default="torch",
+                    help="torch: PyTorch's default initialisation, as the book's model (default); "
+                         "gpt2: GPTModel's own normal(0, 0.02), which stalls near loss 5.9 here")
     args = ap.parse_args(argv)
 
     threads = set_num_threads(args.threads)
@@ -80,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- model and optimizer (cells 11, 77) ------------------------------------------------------
     model = GPTModel(cfg, seed=123, dtype=np.float32)
+    if args.init == "torch":  # the book's model gets PyTorch's default initialisation
+        init_like_torch(model, seed=123)
     optimizer = AdamW(model, lr=4e-4, weight_decay=0.1)
     print(f"model: {cfg.n_layers} layers, width {cfg.emb_dim}, {cfg.n_heads} heads, context {T}, "
-          f"{model.num_params:,} parameters")
+          f"{model.num_params:,} parameters, {args.init} initialisation")
 
     settings = TrainSettings(epochs=args.epochs, lr=4e-4, eval_freq=5, eval_iter=5, seed=123,
                              start_context="Every effort moves you", sample_tokens=50,

@@ -139,6 +139,42 @@ def plot_losses(steps: list[int], tokens_seen: list[int], train_losses: list[flo
     return path
 
 
+# --- the book's initialisation -------------------------------------------------------------------
+def init_like_torch(model: Any, seed: int | None = 123) -> None:
+    """Re-initialise ``model`` in place as PyTorch's default modules initialise the book's ``GPTModel``.
+
+    The book builds its model from ``nn.Embedding`` (normal(0, 1)), ``nn.Linear`` (weights and biases
+    uniform in +-1/sqrt(fan_in), PyTorch's kaiming_uniform(a=sqrt(5)) default) and ``LayerNorm``
+    (ones, zeros); ``GPTModel``'s own initialisation is GPT-2's (normal(0, 0.02)). The difference
+    matters for the chapter 5 run: with GPT-2's small embeddings and lr 4e-4, 90 steps leave the model
+    on the plateau of the unigram distribution (train loss ~5.9 from step 20 to step 85, measured),
+    while the book's large embeddings let it learn and memorise the story (train loss < 1).
+    Draws one ``np.random.default_rng(seed)`` stream in buffer order (float64 draws, so float32 and
+    float64 models get the same numbers).
+    """
+    rng = np.random.default_rng(seed)
+    params = model.params
+    for name, p in params.items():
+        if name in ("wte.weight", "wpe.weight"):                   # nn.Embedding
+            p[...] = rng.normal(0.0, 1.0, size=p.shape)
+        elif name.endswith(("ln_1.weight", "ln_2.weight")) or name == "ln_f.weight":
+            p[...] = 1.0
+        elif name.endswith(("ln_1.bias", "ln_2.bias")) or name == "ln_f.bias":
+            p[...] = 0.0
+        elif name == "lm_head.weight":                             # (V, C): fan_in is C
+            bound = 1.0 / math.sqrt(p.shape[1])
+            p[...] = rng.uniform(-bound, bound, size=p.shape)
+        elif name.endswith(".weight"):                             # (in, out): fan_in is in
+            bound = 1.0 / math.sqrt(p.shape[0])
+            p[...] = rng.uniform(-bound, bound, size=p.shape)
+        elif name.endswith(".bias"):                               # fan_in of its weight
+            fan_in = params[name[: -len("bias")] + "weight"].shape[0]
+            bound = 1.0 / math.sqrt(fan_in)
+            p[...] = rng.uniform(-bound, bound, size=p.shape)
+        else:
+            raise ValueError(f"init_like_torch: no rule for parameter {name!r}")
+
+
 # --- threads ------------------------------------------------------------------------------------------
 def set_num_threads(n: int) -> dict[str, int | None]:
     """Use ``n`` threads in Numba's parallel kernels and in the dense products, at run time.

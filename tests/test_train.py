@@ -321,3 +321,23 @@ def test_help_reads_cold(capsys, monkeypatch):
     assert "examples:" in out and "minigpt train --quick" in out and "--resume" in out
     assert "(default: None)" not in out and "(default: False)" not in out
     assert max(len(line) for line in out.splitlines()) <= 84
+
+
+def test_init_like_torch_matches_pytorch_defaults():
+    from minigpt.train import init_like_torch
+
+    cfg = GPTConfig(vocab_size=300, context_length=16, emb_dim=32, n_heads=4, n_layers=2)
+    model = GPTModel(cfg, seed=0)
+    init_like_torch(model, seed=3)
+    p = model.params
+    assert abs(p["wte.weight"].std() - 1.0) < 0.05 and abs(p["wpe.weight"].std() - 1.0) < 0.15
+    for name, fan_in in [("h.0.attn.c_attn.weight", 32), ("h.1.mlp.c_proj.weight", 128),
+                         ("h.1.mlp.c_proj.bias", 128), ("h.0.mlp.c_fc.bias", 32), ("lm_head.weight", 32)]:
+        bound = 1 / np.sqrt(fan_in)  # nn.Linear: uniform(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        assert np.abs(p[name]).max() <= bound and np.abs(p[name]).max() > 0.9 * bound, name
+    assert np.all(p["h.1.ln_2.weight"] == 1) and np.all(p["ln_f.bias"] == 0)
+    other = GPTModel(cfg, seed=99)
+    init_like_torch(other, seed=3)
+    np.testing.assert_array_equal(other.flat_params, model.flat_params)  # the seed decides
+    x = np.random.default_rng(0).integers(0, 300, size=(2, 16))
+    assert abs(model.loss(x, x) - np.log(300)) < 0.5  # near uniform, as the book's 10.98 for V=50257

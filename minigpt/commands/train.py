@@ -28,6 +28,7 @@ S = argparse.SUPPRESS  # options left out of the namespace unless given, so pres
 BOOK: dict[str, Any] = {
     "text": "the-verdict", "size": "gpt2", "vocab": None, "context_length": 256, "emb_dim": None,
     "n_heads": None, "n_layers": None, "dropout": 0.1, "qkv_bias": False, "tie_weights": False,
+    "init": "torch",
     "dtype": "float32", "tokenizer": "gpt2", "batch_size": 2, "stride": None, "train_ratio": 0.9,
     "lr": 4e-4, "min_lr": None, "warmup_steps": 0, "weight_decay": 0.1, "decay": "all", "clip": None,
     "epochs": 10, "max_steps": None, "eval_freq": 5, "eval_iter": 5, "checkpoint_dir": None,
@@ -42,7 +43,7 @@ BOOK: dict[str, Any] = {
 # machine - see docs/training.md).
 QUICK: dict[str, Any] = {
     "size": None, "tokenizer": "2048", "context_length": 64, "emb_dim": 192, "n_heads": 6,
-    "n_layers": 4, "dropout": 0.0, "batch_size": 16, "stride": 32, "lr": 2e-3, "min_lr": 2e-4,
+    "n_layers": 4, "init": "gpt2", "dropout": 0.0, "batch_size": 16, "stride": 32, "lr": 2e-3, "min_lr": 2e-4,
     "warmup_steps": 10, "clip": 1.0, "epochs": 16, "eval_freq": 20, "eval_iter": 2,
     "sample_every": 4, "checkpoint_dir": "runs/quick", "checkpoint_every": 50, "threads": 1,
 }
@@ -121,6 +122,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="give q, k, v a bias (GPT-2 does; the book's run does not)")
     m.add_argument("--tie-weights", action="store_true", default=S,
                    help="share the LM head with the token embedding (GPT-2 does; the book does not)")
+    m.add_argument("--init", choices=("torch", "gpt2"), default=S,
+                   help="initial weights: torch = PyTorch's defaults, as the book's model (embeddings "
+                        "normal(0, 1), linear layers uniform(+-1/sqrt(fan_in))); gpt2 = normal(0, "
+                        "0.02), GPT-2's. The book's run stalls near loss 5.9 with gpt2 (default: "
+                        "torch; --quick: gpt2)")
     m.add_argument("--dtype", choices=("float32", "float64"), default=S, help="(default: float32)")
 
     d = p.add_argument_group("data")
@@ -329,6 +335,10 @@ def run(args: argparse.Namespace) -> int:
     train_loader, train_eval, val_loader, n_tr, n_va, n_win, n_vwin = build_loaders(tokenizer, text, o)
     dtype = np.dtype(o["dtype"]).type
     model = GPTModel(cfg, seed=o["seed"], dtype=dtype)
+    if o.get("init", "gpt2") == "torch" and not resuming:  # a resumed run loads its weights
+        from minigpt.train import init_like_torch
+
+        init_like_torch(model, seed=o["seed"])
     optimizer = AdamW(model, lr=o["lr"], weight_decay=o["weight_decay"], decay=o["decay"])
     settings = TrainSettings(
         epochs=o["epochs"], max_steps=o["max_steps"], lr=o["lr"], min_lr=o["min_lr"],
@@ -345,7 +355,8 @@ def run(args: argparse.Namespace) -> int:
           f"{o['batch_size']}), {n_vwin} val" + ("" if val_loader else " (val text shorter than one "
                                                   "window: no val loss)"))
     print(f"model: {cfg.n_layers} layers, width {cfg.emb_dim}, {cfg.n_heads} heads, vocab "
-          f"{cfg.vocab_size:,}, {model.num_params:,} parameters ({np.dtype(dtype).name})")
+          f"{cfg.vocab_size:,}, {model.num_params:,} parameters ({np.dtype(dtype).name}, "
+          f"{o.get('init', 'gpt2')} initialisation)")
     print(f"{n_steps} steps, AdamW lr {o['lr']:g}" + (f" -> {o['min_lr']:g} (cosine)" if o["min_lr"] is not None
                                                      else "") + f", checkpoints in {run_dir}/")
     cli_state = {k: v for k, v in o.items() if k not in ("resume", "quick")}
