@@ -32,7 +32,7 @@ MIN_SPLIT_MACS = 1 << 21
 
 _lock = threading.Lock()
 _state = {"threads": 1, "pool": None, "lib": None, "looked": False, "pinned": False,
-          "configured": False}
+          "configured": False, "malloc": None}
 
 
 def _openblas():
@@ -96,9 +96,34 @@ def blas_info() -> dict:
     return info
 
 
+def tune_malloc() -> bool:
+    """Keep freed memory in the process for reuse (glibc only; ``MINIGPT_MALLOPT=0`` skips it).
+
+    A training step allocates its activations afresh (tens of MB). By default glibc serves such
+    blocks with mmap and unmaps them when freed, so every step first-touches new pages: on this
+    project's VM the page faults cost 0.3-25 ms per 8 MB, and the 'small' step spent ~20% of its
+    time in them (measured with the phase profile, 1 thread: 795-821 ms -> 627-650 ms). Raising
+    M_MMAP_THRESHOLD and M_TRIM_THRESHOLD makes glibc reuse the freed blocks instead. Returns
+    True when both settings were accepted."""
+    if _state.get("malloc") is not None:
+        return _state["malloc"]
+    ok = False
+    if os.environ.get("MINIGPT_MALLOPT", "1") != "0":
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+            ok = bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 28)) and \
+                bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+        except (OSError, AttributeError):
+            ok = False
+    _state["malloc"] = ok
+    return ok
+
+
 def set_threads(n: int) -> None:
     """Use ``n`` threads for the products: BLAS itself pinned to 1, a pool of ``n`` workers."""
     n = max(1, int(n))
+    tune_malloc()
     with _lock:
         lib = _openblas()
         if lib is not None:

@@ -34,7 +34,8 @@ def _child(impl: str, task: str, name: str, threads: int, n_new: int) -> dict:
     from minigpt.bench.model_bench import LR, WD, batch
     from minigpt.model import GPTModel
 
-    backend.set_threads(threads)
+    if impl != "torch":
+        backend.set_threads(threads)      # minigpt's thread and malloc settings stay out of torch's row
     cfg, B, T = CONFIGS[name]
     if impl == "torch":
         import torch  # noqa: F401  (imported before the baseline, like numba for minigpt)
