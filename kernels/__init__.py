@@ -32,6 +32,7 @@ from kernels.attention import (
     attention_forward_numba,
     attention_forward_numpy,
 )
+from kernels.attention_blas import attention_backward_blas, attention_forward_blas
 from kernels.cross_entropy import cross_entropy_numba, cross_entropy_numpy
 from kernels.embedding import embedding_backward_numba, embedding_backward_numpy
 from kernels.gelu import (
@@ -70,4 +71,12 @@ PAIRS = {
     "matmul": (matmul_numpy, matmul_numba),
 }
 
-__all__ = ["PAIRS"] + [f.__name__ for pair in PAIRS.values() for f in pair]
+# Same contracts as the attention pair, products in BLAS (faster at training shapes; see
+# kernels/attention_blas.py). Held to the NumPy twins by tests/test_kernels_attention_blas.py.
+VARIANTS = {
+    "attention_forward": attention_forward_blas,
+    "attention_backward": attention_backward_blas,
+}
+
+__all__ = ["PAIRS", "VARIANTS"] + [f.__name__ for pair in PAIRS.values() for f in pair] + [
+    f.__name__ for f in VARIANTS.values()]

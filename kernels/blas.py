@@ -199,3 +199,33 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndar
     for f in futures:
         f.result()
     return out
+
+
+def bmm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Batched a (B, H, M, K) @ b (B, H, K, N) -> (B, H, M, N), any strides, into ``out`` if given.
+
+    The batch is split along B (or H when B is smaller than the thread count) into one block per
+    thread, each a NumPy ``matmul`` (BLAS per (b, h) slice, one thread).
+    """
+    if out is None:
+        out = np.empty(a.shape[:-1] + b.shape[-1:], dtype=np.result_type(a, b))
+    if not _state["configured"]:
+        set_threads(default_threads())
+    n, pool = _state["threads"], _state["pool"]
+    axis = 0 if a.shape[0] >= n else 1
+    size = a.shape[axis]
+    n = min(n, size)
+    if pool is None or n <= 1:
+        return np.matmul(a, b, out=out)
+    edges = [size * i // n for i in range(n + 1)]
+
+    def part(i):
+        sl = (slice(edges[i], edges[i + 1]),) if axis == 0 else \
+             (slice(None), slice(edges[i], edges[i + 1]))
+        np.matmul(a[sl], b[sl], out=out[sl])
+
+    futures = [pool.submit(part, i) for i in range(1, n)]
+    part(0)
+    for f in futures:
+        f.result()
+    return out

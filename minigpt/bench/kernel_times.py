@@ -78,11 +78,12 @@ def _arrays(result, args) -> list[np.ndarray]:
     return out
 
 
-def validate(op: str, make) -> float:
-    """Run both twins on fresh identical inputs; return the max error relative to the output scale
-    (raises AssertionError above 1e-3 for float32)."""
+def validate(op: str, make, variant=None) -> float:
+    """Run both twins (or the twin and ``variant``) on fresh identical inputs; return the max error
+    relative to the output scale (raises AssertionError above 1e-3 for float32)."""
     import kernels
     ref_f, nb_f = kernels.PAIRS[op]
+    nb_f = nb_f if variant is None else variant
     args1, kw = make()
     args2 = tuple(a.copy() if isinstance(a, np.ndarray) else a for a in args1)
     r1 = _arrays(ref_f(*args1, **kw), args1)
@@ -105,6 +106,21 @@ def warm_times(name: str = "small", repeats: int = 5) -> list[dict]:
         row = {"op": op, "err": err}
         for label, fn in zip(("numpy", "numba"), kernels.PAIRS[op], strict=True):
             args, kw = make()
+            fn(*args, **kw)
+            ts = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn(*args, **kw)
+                ts.append(time.perf_counter() - t0)
+            row[label] = median(ts)
+        rows.append(row)
+    # variants with the same contract (attention with its products in BLAS): twin vs variant
+    c = cases(name)
+    for op, variant in kernels.VARIANTS.items():
+        err = validate(op, c[op], variant)
+        row = {"op": op.replace("attention", "attn") + " (BLAS)", "err": err}
+        for label, fn in (("numpy", kernels.PAIRS[op][0]), ("numba", variant)):
+            args, kw = c[op]()
             fn(*args, **kw)
             ts = []
             for _ in range(repeats):

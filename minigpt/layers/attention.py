@@ -23,6 +23,9 @@ from minigpt import backend
 
 from minigpt.layers.dropout import dropout_backward, dropout_forward
 
+# From this many positions on, training attention runs its products in BLAS (kernels.attention_blas).
+BLAS_MIN_T = 32
+
 
 def split_heads(x: np.ndarray, n_heads: int) -> np.ndarray:
     """(B, T, C) -> (B, H, T, hs)."""
@@ -70,8 +73,9 @@ def attention_forward(qkv: np.ndarray, n_heads: int, drop_rate: float = 0.0,
     Cache: ``(q, k, v, a, drop_cache, scale)``: the per-head q, k, v (B, H, T, hs) and the softmax
     weights a (B, H, T, T). ``a`` is the largest tensor of a block (it grows with T^2); the backward
     needs it for the softmax Jacobian (eq. 6.6), and recomputing it would cost another q k^T.
-    With ``minigpt.backend`` on "numba" a fused kernel computes the same cache and only the
-    allowed (causal) half of the scores.
+    With ``minigpt.backend`` on "numba" kernels compute the same cache: for T >= ``BLAS_MIN_T`` the
+    products in (split) BLAS and the causal softmax in Numba (``kernels.attention_blas``, measured
+    faster at training shapes), below it one fused kernel over the allowed (causal) half only.
     """
     C = qkv.shape[-1] // 3
     q = split_heads(qkv[..., :C], n_heads)                 # (B, T, C) -> (B, H, T, hs)
@@ -85,8 +89,8 @@ def attention_forward(qkv: np.ndarray, n_heads: int, drop_rate: float = 0.0,
             keep = rng.random((B, H, T, T)) >= drop_rate
             drop_cache = keep.astype(qkv.dtype) * qkv.dtype.type(1.0 / (1.0 - drop_rate))
         out = np.empty((B, T, H, hs), dtype=qkv.dtype)     # written in place by the kernel
-        _, a = kernels.attention_forward_numba(q, k, v, out=out.transpose(0, 2, 1, 3),
-                                               drop_mask=drop_cache)
+        fwd = kernels.attention_forward_blas if T >= BLAS_MIN_T else kernels.attention_forward_numba
+        _, a = fwd(q, k, v, out=out.transpose(0, 2, 1, 3), drop_mask=drop_cache)
         return out.reshape(B, T, C), (q, k, v, a, drop_cache, scale)
     s = (q @ k.transpose(0, 1, 3, 2)) * scale              # (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
     a = causal_softmax(s)                                  # (B, H, T, T), rows sum to 1
@@ -111,8 +115,9 @@ def attention_backward(dout: np.ndarray, cache) -> np.ndarray:
         B, _, T, hs = q.shape
         dqkv = np.empty((B, T, 3, H, hs), dtype=q.dtype)   # dq, dk, dv written in place
         heads = dqkv.transpose(2, 0, 3, 1, 4)              # (3, B, H, T, hs) views
-        kernels.attention_backward_numba(split_heads(dout, H), q, k, v, a, drop_mask=drop_cache,
-                                         dq=heads[0], dk=heads[1], dv=heads[2])
+        bwd = kernels.attention_backward_blas if T >= BLAS_MIN_T else kernels.attention_backward_numba
+        bwd(split_heads(dout, H), q, k, v, a, drop_mask=drop_cache,
+            dq=heads[0], dk=heads[1], dv=heads[2])
         return dqkv.reshape(B, T, 3 * H * hs)
     dy = split_heads(dout, H)                              # (B, T, C) -> (B, H, T, hs)
     a_drop = a if drop_cache is None else a * drop_cache   # the weights the forward really used
