@@ -35,6 +35,16 @@ _state = {"threads": 1, "pool": None, "lib": None, "looked": False, "pinned": Fa
           "configured": False, "malloc": None}
 
 
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's pool threads: build a new pool on first use."""
+    _state["pool"] = None
+    _state["configured"] = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _openblas():
     """NumPy's OpenBLAS as a ctypes library with its thread getters/setters, or None."""
     if _state["looked"]:
