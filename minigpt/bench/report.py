@@ -20,13 +20,16 @@ def run(configs: list[str], steps: int, threads: int, decode_tokens: int, sectio
     from minigpt.bench import kernel_times, memory, model_bench, startup, system
 
     threads = backend.set_threads(threads)
+    torch = system.torch_or_none()
+    if torch is not None:
+        torch.set_num_threads(threads)                   # the peer runs with the same count
     out: dict = {}
     p = print_fn
     p(f"minigpt bench: configs {', '.join(configs)}; {steps} timed steps; {threads} thread(s); "
       f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     for line in system.header_lines():
         p("  " + line)
-    has_torch = system.torch_or_none() is not None
+    has_torch = torch is not None
     for name in configs:
         cfg, B, T = CONFIGS[name]
         p(f"  config {name:6s} V={cfg.vocab_size} ctx={cfg.context_length} C={cfg.emb_dim} "
