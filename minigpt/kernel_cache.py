@@ -53,26 +53,39 @@ def compiled_in_process() -> list[str]:
 
 
 def exercise_kernels(dtype: type = np.float32) -> None:
-    """Call, on a tiny model, every kernel a training run calls: a step with dropout and one
-    without, gradient clipping, AdamW, an evaluation and a KV-cached generation."""
+    """Call every kernel a training run calls, in every variant the layers pick by size: a step
+    with dropout and one without, gradient clipping, AdamW, an evaluation and a KV-cached
+    generation, on a tiny model (the serial kernels, the fused attention for T < BLAS_MIN_T) and on
+    one just large enough for the parallel kernels and the BLAS attention (T >= BLAS_MIN_T)."""
+    import kernels.attention
+    import kernels.gelu
+    import kernels.layernorm
     from minigpt.config import GPTConfig
     from minigpt.generate import generate
+    from minigpt.layers.attention import BLAS_MIN_T
     from minigpt.model import GPTModel
     from minigpt.optim import AdamW, clip_grad_norm_
 
-    cfg = GPTConfig(vocab_size=64, context_length=8, emb_dim=16, n_heads=2, n_layers=1,
-                    drop_rate=0.1, qkv_bias=True)
-    model = GPTModel(cfg, seed=0, dtype=dtype)
-    opt = AdamW(model, lr=1e-3, weight_decay=0.1)
     rng = np.random.default_rng(0)
-    idx = rng.integers(0, cfg.vocab_size, (2, cfg.context_length))        # (B, T)
-    targets = rng.integers(0, cfg.vocab_size, (2, cfg.context_length))    # (B, T)
-    for drop_rng in (rng, None):
-        model.loss_and_grads(idx, targets, rng=drop_rng)
-        clip_grad_norm_(model, 1.0)
-        opt.step()
-    model.loss(idx, targets)
-    generate(model, idx[:, :3], max_new_tokens=3, temperature=1.0, top_k=5, seed=0)
+    tiny = GPTConfig(vocab_size=64, context_length=8, emb_dim=16, n_heads=2, n_layers=1,
+                     drop_rate=0.1, qkv_bias=True)
+    C, H, T = 64, 2, BLAS_MIN_T
+    # rows so that layernorm, GELU and the fused attention at T - 1 all reach their parallel kernels
+    rows = max(kernels.layernorm.SERIAL_BELOW, kernels.gelu.SERIAL_BELOW) // (C * (T - 1)) + 1
+    B = max(rows, kernels.attention.SERIAL_BELOW // (H * (T - 1) ** 2 * (C // H)) + 1)
+    large = tiny.replace(context_length=T, emb_dim=C, n_heads=H)
+    for cfg, shapes in ((tiny, [(2, 8)]), (large, [(B, T - 1), (B, T)])):
+        model = GPTModel(cfg, seed=0, dtype=dtype)
+        opt = AdamW(model, lr=1e-3, weight_decay=0.1)
+        for b, t in shapes:
+            idx = rng.integers(0, cfg.vocab_size, (b, t))                  # (B, T)
+            targets = rng.integers(0, cfg.vocab_size, (b, t))              # (B, T)
+            for drop_rng in (rng, None):
+                model.loss_and_grads(idx, targets, rng=drop_rng)
+                clip_grad_norm_(model, 1.0)
+                opt.step()
+            model.loss(idx, targets)
+        generate(model, idx[:2, :3], max_new_tokens=3, temperature=1.0, top_k=5, seed=0)
 
 
 def warm_kernel_cache(dtype: type = np.float32, print_fn=None) -> bool:
@@ -97,7 +110,8 @@ def warm_kernel_cache(dtype: type = np.float32, print_fn=None) -> bool:
                             "in a new process may not be bit-identical")
         return False
     env = dict(os.environ, MINIGPT_WARM_CACHE="0")
-    proc = subprocess.run([sys.executable, "-m", "minigpt.kernel_cache", name],
+    code = f"import numpy; from minigpt.kernel_cache import exercise_kernels; exercise_kernels(numpy.{name})"
+    proc = subprocess.run([sys.executable, "-c", code],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"compiling the Numba kernels in a child process failed:\n{proc.stderr}")
@@ -105,5 +119,12 @@ def warm_kernel_cache(dtype: type = np.float32, print_fn=None) -> bool:
     return True
 
 
-if __name__ == "__main__":
-    exercise_kernels(np.dtype(sys.argv[1] if len(sys.argv) > 1 else "float32").type)
+def check_still_cached(print_fn=None) -> bool:
+    """After training: True if this process still ran no kernel it compiled itself; otherwise a
+    note names them (a kernel variant the warm-up did not reach, e.g. after a change to the layers)."""
+    fresh = compiled_in_process()
+    if fresh:
+        (print_fn or print)(f"note: kernels compiled in this process during training: {', '.join(fresh)}; "
+                            "a run resumed in a new process may differ from this one in the last bits "
+                            "(minigpt/kernel_cache.py: add them to exercise_kernels)")
+    return not fresh

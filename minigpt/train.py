@@ -43,7 +43,7 @@ from minigpt.checkpoint import (
     write_text_atomic,
 )
 from minigpt.generate import generate, text_to_token_ids, token_ids_to_text
-from minigpt.kernel_cache import warm_kernel_cache
+from minigpt.kernel_cache import check_still_cached, warm_kernel_cache
 from minigpt.optim import clip_grad_norm_, grad_norm, lr_at
 
 LOG_FILE = "log.jsonl"
@@ -342,7 +342,7 @@ def train(
     eval_loader = train_eval_loader if train_eval_loader is not None else train_loader
     out = print_fn or print
     # every process must run the same (cached) kernel code for an exact resume: minigpt/kernel_cache.py
-    warm_kernel_cache(model.flat_params.dtype.type, print_fn=out)
+    cached = warm_kernel_cache(model.flat_params.dtype.type, print_fn=out)
     ckpt_dir = Path(s.checkpoint_dir) if s.checkpoint_dir else None
     log_path = ckpt_dir / LOG_FILE if ckpt_dir else None
     if ckpt_dir:
@@ -483,6 +483,8 @@ def train(
     if s.plot and ckpt_dir is not None and res.eval_steps:
         plot_losses(res.eval_steps, res.track_tokens_seen, res.train_losses, res.val_losses,
                     ckpt_dir / PLOT_FILE)
+    if cached:
+        check_still_cached(out)
     return res
 
 
