@@ -1,14 +1,18 @@
 """Chapter 5 of "Build a Large Language Model (From Scratch)": pretraining on unlabeled data.
 
-    python examples/ch05_pretraining.py               # the book's run: ~90 steps of a 163M model
+    python examples/ch05_pretraining.py               # the book's run: 90 steps of a 163M model
     python examples/ch05_pretraining.py --threads 1   # often faster on a busy 2-core machine
+    python examples/ch05_pretraining.py --init gpt2   # GPT-2's initialisation: stalls near loss 6
+
+About 10 minutes and 3.3 GB on 2 cores (measured figures: docs/training.md).
 
 The book's run (book-notes §5): GPT_CONFIG_124M with context_length 256 (163M parameters: the LM head
 is not tied), trained on the bundled the-verdict (90/10 character split, 256-token windows with
 stride 256, batch 2, shuffled with seed 123) for 10 epochs with AdamW(lr=4e-4, weight_decay=0.1),
 dropout 0.1, evaluating every 5 steps on 5 batches, and printing a greedy "Every effort moves you"
 sample after every epoch. The training loop is ``minigpt.train.train`` - the same one the
-``minigpt train`` command uses.
+``minigpt train`` command uses. The model is initialised as PyTorch initialises the book's modules
+(``minigpt.train.init_like_torch``): with GPT-2's normal(0, 0.02) this run does not learn.
 
 The book's log goes from 9.817/9.924 (train/val) at step 0 to 0.569/6.373 at step 85; its notebook
 notes "training loss below 1 and a validation loss below 7". The random numbers differ from
