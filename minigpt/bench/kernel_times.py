@@ -97,6 +97,19 @@ def validate(op: str, make, variant=None) -> float:
     return worst
 
 
+def _warm_median(fn, make, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` on fresh arguments from ``make``, after one
+    untimed call (compile or cache load, first-touch of the buffers)."""
+    args, kw = make()
+    fn(*args, **kw)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(*args, **kw)
+        ts.append(time.perf_counter() - t0)
+    return median(ts)
+
+
 def warm_times(name: str = "small", repeats: int = 5) -> list[dict]:
     """Per op: validation error, warm median seconds for the NumPy twin and the Numba kernel."""
     import kernels
@@ -105,14 +118,7 @@ def warm_times(name: str = "small", repeats: int = 5) -> list[dict]:
         err = validate(op, make)
         row = {"op": op, "err": err}
         for label, fn in zip(("numpy", "numba"), kernels.PAIRS[op], strict=True):
-            args, kw = make()
-            fn(*args, **kw)
-            ts = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn(*args, **kw)
-                ts.append(time.perf_counter() - t0)
-            row[label] = median(ts)
+            row[label] = _warm_median(fn, make, repeats)
         rows.append(row)
     # variants with the same contract (attention with its products in BLAS): twin vs variant
     c = cases(name)
@@ -120,14 +126,7 @@ def warm_times(name: str = "small", repeats: int = 5) -> list[dict]:
         err = validate(op, c[op], variant)
         row = {"op": op.replace("attention", "attn") + " (BLAS)", "err": err}
         for label, fn in (("numpy", kernels.PAIRS[op][0]), ("numba", variant)):
-            args, kw = c[op]()
-            fn(*args, **kw)
-            ts = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn(*args, **kw)
-                ts.append(time.perf_counter() - t0)
-            row[label] = median(ts)
+            row[label] = _warm_median(fn, c[op], repeats)
         rows.append(row)
     # the products the model actually uses: BLAS split by kernels.blas.gemm vs plain a @ b
     from kernels.blas import gemm
