@@ -4,7 +4,7 @@
     python examples/ch05_pretraining.py --threads 1   # often faster on a busy 2-core machine
     python examples/ch05_pretraining.py --init gpt2   # GPT-2's initialisation: stalls near loss 6
 
-About 10 minutes and 3.3 GB on 2 cores (measured figures: docs/training.md).
+6-10 minutes and 3.3 GB on 2 cores (measured figures: docs/training.md).
 
 The book's run (book-notes §5): GPT_CONFIG_124M with context_length 256 (163M parameters: the LM head
 is not tied), trained on the bundled the-verdict (90/10 character split, 256-token windows with

@@ -61,7 +61,7 @@ examples:
       minigpt generate --checkpoint runs/quick
   minigpt train
       the book's chapter 5 run: GPT_CONFIG_124M at context 256 (163M
-      parameters), 10 epochs of 9 steps; about 10 minutes on 2 cores
+      parameters), 10 epochs of 9 steps; 6-10 minutes on 2 cores
   minigpt train notes.txt --tokenizer 2048 --n-layers 6 --emb-dim 256 \\
       --n-heads 8 --context 128 --batch-size 8 --epochs 5
       your own text (run directory runs/notes), a BPE vocabulary trained on it,
