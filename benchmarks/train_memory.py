@@ -12,7 +12,8 @@ after each stage. Then it builds the breakdown from the model itself:
 - activation caches: the ``nbytes`` of every array kept by one training forward for the backward
   (walking the cache tuples, counting each underlying buffer once and leaving out the parameter
   views a cache refers to), per kind of layer;
-- logits (B, T, V) and their gradient dlogits (B, T, V), the largest single arrays of a step.
+- logits (B, T, V) and their gradient dlogits (B, T, V), the largest single arrays of a step (one
+  buffer when the loss writes the gradient over the logits; checked on the model's own call).
 
 The sum of the parts is compared with the measured peak; the rest is the interpreter, NumPy, Numba's
 compiled kernels, and the transient arrays of the backward.
@@ -146,6 +147,22 @@ def main(argv: list[str] | None = None) -> int:
     del caches
     logits_bytes = logits.nbytes
     del logits
+    # does the model's loss write dlogits over the logits (one (B, T, V) buffer) or into a new one?
+    import minigpt.model as model_module
+
+    real_ce, seen = model_module.cross_entropy, {}
+
+    def spy(logits, *a, **kw):
+        loss, d = real_ce(logits, *a, **kw)
+        if d is not None:
+            seen["shared"] = np.shares_memory(d, logits)
+        return loss, d
+
+    model_module.cross_entropy = spy
+    try:
+        model.loss_and_grads(data[0, 0], data[0, 1], rng=np.random.default_rng(1))
+    finally:
+        model_module.cross_entropy = real_ce
     state = {
         "parameters (flat buffer)": model.flat_params.nbytes,
         "gradients (flat buffer)": model.flat_grads.nbytes,
@@ -153,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         "AdamW v": opt.v.nbytes,
     }
     act_total = sum(acts.values())
-    transient = {"logits (B, T, V)": logits_bytes, "dlogits (B, T, V)": logits_bytes}
+    transient = {"logits (B, T, V)": logits_bytes}
+    if seen.get("shared"):
+        transient["dlogits (B, T, V): written over the logits"] = 0
+    else:
+        transient["dlogits (B, T, V)"] = logits_bytes
     print("\nwhat it is made of (nbytes):")
     for k, v in state.items():
         print(f"  {k:48s} {v / MiB:9,.0f} MiB")
