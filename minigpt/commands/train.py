@@ -1,6 +1,6 @@
 """``minigpt train``: train a GPT on a text from scratch (the book's chapter 5), resumable.
 
-Every option has a default; ``--quick`` swaps in a small preset that trains in about a minute.
+Every option has a default; ``--quick`` swaps in a small preset that trains in about 30 s.
 The options are resolved in three layers: the book's chapter 5 run, then the ``--quick`` preset,
 then whatever was given on the command line. With ``--resume`` the options saved in the checkpoint
 are used, and only the length of the run and the logging may change.
@@ -19,7 +19,7 @@ import numpy as np
 
 HELP = ("Train a GPT from scratch on a text, as the book's chapter 5 does: evaluation every few "
         "steps, a sample after each epoch, checkpoints you can resume exactly. Start with "
-        "'minigpt train --quick' (a small model on the bundled short story, about a minute on 2 "
+        "'minigpt train --quick' (a small model on the bundled short story, about 30 s on 2 "
         "cores), then 'minigpt generate --checkpoint runs/quick'.")
 
 S = argparse.SUPPRESS  # options left out of the namespace unless given, so presets can fill them
@@ -57,7 +57,7 @@ SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 EXAMPLES = """\
 examples:
   minigpt train --quick
-      the quick start: a small model on the bundled story (about a minute), then
+      the quick start: a small model on the bundled story (about 30 s), then
       minigpt generate --checkpoint runs/quick
   minigpt train
       the book's chapter 5 run: GPT_CONFIG_124M at context 256 (163M
