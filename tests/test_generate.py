@@ -17,17 +17,7 @@ from minigpt.generate import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_numba_thread():
-    """These tests use tiny tensors. With two threads every kernel call wakes Numba's pool, which on
-    a busy 2-core machine costs ~20 ms a call (a 24-step run here: 35 s against 0.3 s); the kernels'
-    parallel paths are tested in the kernel tests."""
-    import numba
-
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")  # tests/conftest.py
 
 
 # chapter 5's toy vocabulary and next-token logits (book-notes §5)

@@ -22,17 +22,7 @@ from minigpt.train import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_numba_thread():
-    """These tests use tiny tensors. With two threads every kernel call wakes Numba's pool, which on
-    a busy 2-core machine costs ~20 ms a call (a 24-step run here: 35 s against 0.3 s); the kernels'
-    parallel paths are tested in the kernel tests."""
-    import numba
-
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")  # tests/conftest.py
 
 
 CFG = GPTConfig(vocab_size=31, context_length=8, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.1)
