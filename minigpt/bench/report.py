@@ -13,11 +13,27 @@ def _rng(d: dict) -> str:
     return f"{d['tok_s']:9.0f} [{lo:.0f}..{hi:.0f}]"
 
 
+def _rounds_note(results: dict, n: int, what: str, warmup: int) -> str:
+    """'2 rounds of 3 timed steps after 2 warm-up, per implementation' (or the in-process note)."""
+    r = next(iter(results.values()), {})
+    if not r.get("isolated"):
+        return f"{n} timed {what} each, after 1 warm-up, orders alternating"
+    from minigpt.bench.isolated import _split
+    sizes = "+".join(str(k) for k in _split(n, r["rounds"]))
+    return (f"{r['rounds']} round(s) of {sizes} timed {what} per implementation, each child "
+            f"after {warmup} warm-up")
+
+
 def run(configs: list[str], steps: int, threads: int, decode_tokens: int, sections: set[str],
-        kernel_config: str = "small", print_fn: Callable[[str], None] = print) -> dict:
-    """Print the header and every requested section; return the raw results."""
+        kernel_config: str = "small", print_fn: Callable[[str], None] = print,
+        same_process: bool = False) -> dict:
+    """Print the header and every requested section; return the raw results.
+
+    The train and decode sections run minigpt and PyTorch each in its own fresh process,
+    alternating (``isolated.py``); ``same_process=True`` times both interleaved in this process
+    instead, which is misleading (their thread pools interfere; see docs/kernels.md)."""
     from minigpt import backend
-    from minigpt.bench import kernel_times, memory, model_bench, startup, system
+    from minigpt.bench import isolated, kernel_times, memory, model_bench, startup, system
 
     threads = backend.set_threads(threads)
     torch = system.torch_or_none()
@@ -30,6 +46,9 @@ def run(configs: list[str], steps: int, threads: int, decode_tokens: int, sectio
     for line in system.header_lines():
         p("  " + line)
     has_torch = torch is not None
+    timer = model_bench if same_process else isolated
+    how = ("interleaved in THIS process (--same-process: thread pools interfere, misleading)"
+           if same_process else "each in its own process, alternating")
     for name in configs:
         cfg, B, T = CONFIGS[name]
         p(f"  config {name:6s} V={cfg.vocab_size} ctx={cfg.context_length} C={cfg.emb_dim} "
@@ -63,13 +82,13 @@ def run(configs: list[str], steps: int, threads: int, decode_tokens: int, sectio
 
     if "train" in sections:
         p("")
-        p("Training step (forward, loss, backward, AdamW), float32; median of interleaved steps "
+        p("Training step (forward, loss, backward, AdamW), float32; median of the timed steps "
           "[slowest..fastest]")
         p(f"  {'config':7s} {'tokens':>6s} {'minigpt tok/s':>28s} {'PyTorch tok/s':>28s} "
           f"{'ratio':>6s} {'MFU mg/pt':>10s} {'GEMM GF/s':>9s}")
         out["train"] = {}
         for name in configs:
-            r = model_bench.train_step(name, steps, threads, with_torch=has_torch)
+            r = timer.train_step(name, steps, threads, with_torch=has_torch)
             out["train"][name] = r
             pt = r.get("torch", "PyTorch not installed")
             pts = _rng(pt) if isinstance(pt, dict) else "PyTorch not installed"
@@ -80,23 +99,29 @@ def run(configs: list[str], steps: int, threads: int, decode_tokens: int, sectio
             if "first_loss" in r:
                 a, b = r["first_loss"]
                 p(f"          first loss: minigpt {a:.6f}, PyTorch {b:.6f} (same weights)")
+        p(f"  minigpt and PyTorch ran {how}: " + _rounds_note(out["train"], steps, "steps",
+                                                                    isolated.TRAIN_WARMUP))
+        p("  MFU = model FLOP/s / GEMM GF/s; the GEMM rate is measured in the bench's main process "
+          "(fastest call, before and after)")
 
     if "decode" in sections:
         p("")
         p(f"KV-cached greedy decode, batch 1, 16-token prompt, up to {decode_tokens} new tokens; "
-          f"median of {max(3, steps // 2)} interleaved runs")
+          f"median of {max(3, steps // 2)} timed runs [slowest..fastest]")
         p(f"  {'config':7s} {'new':>4s} {'minigpt tok/s':>28s} {'PyTorch tok/s':>28s} {'ratio':>6s} "
           f"{'same tokens':>11s}")
         out["decode"] = {}
         for name in configs:
-            r = model_bench.decode(name, decode_tokens, max(3, steps // 2), threads,
-                                   with_torch=has_torch)
+            r = timer.decode(name, decode_tokens, max(3, steps // 2), threads,
+                             with_torch=has_torch)
             out["decode"][name] = r
             pt = r.get("torch", "PyTorch not installed")
             pts = _rng(pt) if isinstance(pt, dict) else "PyTorch not installed"
             ratio = f"{r['ratio']:6.2f}" if "ratio" in r else "     -"
             same = f"{r['same_tokens']}/{r['n_new']}" if "same_tokens" in r else "-"
             p(f"  {name:7s} {r['n_new']:4d} {_rng(r['minigpt']):>28s} {pts:>28s} {ratio} {same:>11s}")
+        p(f"  minigpt and PyTorch ran {how}: " + _rounds_note(out["decode"], max(3, steps // 2),
+                                                                    "runs", isolated.DECODE_WARMUP))
 
     if "memory" in sections:
         p("")
