@@ -1,5 +1,5 @@
-"""KV-cached greedy decoding, batch 1, minigpt vs PyTorch (its own simple KV cache), interleaved
-in one process; and the peak memory of each (one fresh process per measurement).
+"""KV-cached greedy decoding, batch 1, minigpt vs PyTorch (its own simple KV cache), each in its own
+fresh process, alternating; and the peak memory of each (one fresh process per measurement).
 
     python benchmarks/bench_decode.py --config gpt2 --tokens 64 [--repeats 3] [--threads 2]
 

@@ -21,11 +21,51 @@ def test_bench_tiny_runs_and_prints_header(capsys):
     for needle in ("CPU", "BLAS", "threading layer", "Numba", "threads      minigpt 1",
                    "Training step", "KV-cached greedy decode", "Where a minigpt training step goes"):
         assert needle in out, f"{needle!r} missing from the bench output"
+    assert "each in its own process, alternating" in out
     if not HAS_TORCH:
         assert "PyTorch not installed" in out
     # the tiny row has a positive tokens/s figure
     row = next(line for line in out.splitlines() if line.strip().startswith("tiny") and "[" in line)
     assert float(row.split()[2]) > 0
+
+
+def test_bench_same_process_flag_runs_the_old_way(capsys):
+    rc = cli.main(["bench", "--config", "tiny", "--steps", "1", "--threads", "1", "--only", "train",
+                   "--same-process"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "interleaved in THIS process" in out and "each in its own process" not in out
+
+
+def test_rounds_split_the_timed_steps():
+    from minigpt.bench.isolated import _split
+
+    assert _split(6, 2) == [3, 3]
+    assert _split(5, 2) == [3, 2]
+    assert _split(1, 2) == [1]                 # never an empty round
+    assert sum(_split(7, 3)) == 7
+
+
+def test_isolated_child_matches_in_process_loss(tmp_path):
+    """The child loads the parent's weights and inputs: its first loss is the in-process one."""
+    from safetensors.numpy import save_file
+
+    from minigpt.bench import CONFIGS
+    from minigpt.bench.isolated import _run_child
+    from minigpt.bench.model_bench import batch
+    from minigpt.model import GPTModel
+
+    cfg, B, T = CONFIGS["tiny"]
+    model = GPTModel(cfg, seed=3, dtype=np.float32)      # not the child's own seed-0 init
+    idx, targets = batch(cfg, B, T)
+    save_file({k: np.ascontiguousarray(v) for k, v in model.params.items()}, tmp_path / "w.st")
+    save_file({"idx": idx, "targets": targets}, tmp_path / "i.st")
+    spec = {"impl": "minigpt", "task": "train", "config": "tiny", "threads": 1, "steps": 2,
+            "weights": str(tmp_path / "w.st"), "inputs": str(tmp_path / "i.st"), "warmup": 1,
+            "lr": 4e-4, "wd": 0.1}
+    res = _run_child(spec)
+    assert len(res["times"]) == 2 and all(t > 0 for t in res["times"])
+    assert res["first"] == pytest.approx(model.loss(idx, targets), rel=1e-6)
 
 
 def test_bench_rejects_bad_options(capsys):

@@ -3,8 +3,10 @@
     system.py        the header: CPU, threads actually used, NumPy's BLAS, Numba and its threading layer
     kernel_times.py  every Numba kernel, cold (compile; cache load) and warm, against its NumPy twin
     torch_peer.py    the same GPT-2 in PyTorch eager (optional: "PyTorch not installed" without it)
-    model_bench.py   a whole training step and KV-cached greedy decode, minigpt vs PyTorch, interleaved
-                     in one process; per-phase profile; GEMM rate and MFU
+    isolated.py      a whole training step and KV-cached greedy decode, minigpt vs PyTorch, each in
+                     its own fresh process, alternating (the default of ``minigpt bench``)
+    model_bench.py   the same interleaved in one process (``--same-process``: misleading, the thread
+                     pools interfere); per-phase profile; GEMM rate and MFU
     memory.py        peak resident memory (VmHWM) of each, one fresh subprocess per measurement
     startup.py       compile time of a fresh process: empty Numba cache vs populated cache
 

@@ -1,7 +1,12 @@
 """Whole-model timings: a training step and KV-cached greedy decoding, minigpt vs the PyTorch peer.
 
-Both run in ONE process, interleaved step by step (minigpt, torch, torch, minigpt, ...), so a noisy
-machine slows both alike; the figure is the median over the repeated steps, with min..max. A step
+``train_step`` and ``decode`` here run both in ONE process, interleaved step by step (minigpt, torch,
+torch, minigpt, ...): that is ``minigpt bench --same-process``, kept for comparison only. It is
+misleading: Numba's and PyTorch's thread pools interfere (on the 2-core bench machine PyTorch's
+'small' step fell from ~5300 tok/s alone to ~600), so by default ``minigpt bench`` uses
+``isolated.py`` (each implementation in its own fresh process, alternating), which reuses the
+helpers below (``batch``, ``train_flops``, ``gemm_rate``, ``_summary``). The figure is the median
+over the repeated steps, with min..max. A step
 is forward, loss, backward and AdamW (lr 4e-4, weight decay 0.1 on every parameter, as the book).
 Before timing, the first losses of both are compared: they start from the same weights.
 
