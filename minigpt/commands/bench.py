@@ -26,10 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="new tokens per greedy decode")
     parser.add_argument("--same-process", action="store_true",
                         help="time minigpt and PyTorch interleaved in ONE process (the old way). "
-                        "Misleading: Numba's and PyTorch's thread pools interfere (2-core machine, "
-                        "'small', 2 threads: one process gave minigpt 3566 vs PyTorch 593 tok/s, "
-                        "ratio 6.0; each in its own process 6750 vs 5303, ratio 1.27). By default "
-                        "each runs in its own fresh process, alternating; see docs/kernels.md")
+                        "Misleading: the thread pools and minigpt's thread/malloc settings are "
+                        "shared, and on a busy machine PyTorch collapses (2 cores, 'small', 2 "
+                        "threads: one process gave minigpt 3566 vs PyTorch 593 tok/s, ratio 6.0; "
+                        "each in its own process 6750 vs 5303, ratio 1.27; idle, the two agreed "
+                        "more closely). By default each runs in its own fresh process, "
+                        "alternating; see docs/kernels.md")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help="comma-separated sections to run: " + ", ".join(SECTIONS))
 
