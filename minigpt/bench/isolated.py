@@ -1,8 +1,8 @@
 """Training step and decode timings with each implementation in its OWN fresh process, alternating.
 
 Why: minigpt (Numba's thread pool + split BLAS calls) and PyTorch (its OpenMP pool) timed in one
-process fight over the cores. Measured on the 2-core bench machine, 'small' config, 2 threads:
-one process gave minigpt 3566 tok/s vs PyTorch 593 (ratio 6.0), but each alone in its own process
+process share their thread pools and minigpt's thread/malloc settings. Measured on the 2-core bench
+machine while it was busy, 'small' config, 2 threads: one process gave minigpt 3566 tok/s vs PyTorch 593 (ratio 6.0), but each alone in its own process
 6750 vs 5303 (1.27). So the parent here only writes the minigpt model's weights and the inputs to
 temporary safetensors files and starts ``python -m minigpt.bench.isolated`` children, alternating
 minigpt, PyTorch, minigpt, PyTorch (``rounds`` rounds of about steps/rounds timed steps each, after
