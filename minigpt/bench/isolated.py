@@ -2,8 +2,8 @@
 
 Why: minigpt (Numba's thread pool + split BLAS calls) and PyTorch (its OpenMP pool) timed in one
 process share their thread pools and minigpt's thread/malloc settings. Measured on the 2-core bench
-machine while it was busy, 'small' config, 2 threads: one process gave minigpt 3566 tok/s vs PyTorch 593 (ratio 6.0), but each alone in its own process
-6750 vs 5303 (1.27). So the parent here only writes the minigpt model's weights and the inputs to
+machine while it was busy, 'small' config, 2 threads: one process gave minigpt 3566 tok/s vs
+PyTorch 593 (ratio 6.0), but each alone in its own process 6750 vs 5303 (1.27). So the parent here only writes the minigpt model's weights and the inputs to
 temporary safetensors files and starts ``python -m minigpt.bench.isolated`` children, alternating
 minigpt, PyTorch, minigpt, PyTorch (``rounds`` rounds of about steps/rounds timed steps each, after
 warm-up), so slow spells of a noisy machine hit both. The PyTorch child never runs a minigpt Numba
