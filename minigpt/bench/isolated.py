@@ -132,7 +132,7 @@ def _alternate(task: str, name: str, threads: int, n_timed: int, rounds: int, wi
 
 def train_step(name: str, steps: int, threads: int, with_torch: bool = True, rounds: int = 2) -> dict:
     """Like ``model_bench.train_step`` (same result keys), each implementation in its own processes."""
-    from minigpt.bench.model_bench import LR, WD, _summary, batch, gemm_rate, train_flops
+    from minigpt.bench.model_bench import LR, WD, _add_mfu, _summary, batch, gemm_rate
 
     cfg, B, T = CONFIGS[name]
     idx, targets = batch(cfg, B, T)
@@ -150,12 +150,7 @@ def train_step(name: str, steps: int, threads: int, with_torch: bool = True, rou
         res["torch"] = _summary([t for r in runs["torch"] for t in r["times"]], B * T)
         res["ratio"] = res["minigpt"]["tok_s"] / res["torch"]["tok_s"]
         res["first_loss"] = (runs["minigpt"][0]["first"], runs["torch"][0]["first"])
-    flops = train_flops(cfg, B, T)
-    res["flops"] = flops
-    for who in ("minigpt", "torch"):
-        if isinstance(res.get(who), dict):
-            res[who]["mfu"] = flops / res[who]["median_s"] / 1e9 / res["gemm_gflops"]
-    return res
+    return _add_mfu(res, cfg, B, T)
 
 
 def decode(name: str, n_new: int, repeats: int, threads: int, prompt_len: int = 16,

@@ -118,6 +118,11 @@ def train_step(name: str, steps: int, threads: int, with_torch: bool = True) -> 
         res["torch"] = _summary(pt, B * T)
         res["ratio"] = res["minigpt"]["tok_s"] / res["torch"]["tok_s"]
     res["gemm_gflops"] = max(rate_before, gemm_rate(cfg, B, T))   # measured before and after
+    return _add_mfu(res, cfg, B, T)
+
+
+def _add_mfu(res: dict, cfg, B: int, T: int) -> dict:
+    """Model FLOP utilisation of each timed implementation: model FLOP/s over ``res['gemm_gflops']``."""
     flops = train_flops(cfg, B, T)
     res["flops"] = flops
     for who in ("minigpt", "torch"):
