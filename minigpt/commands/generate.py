@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from minigpt.commands import HelpFormatter
+
 HELP = ("Continue a prompt with a model: a training run ('--checkpoint runs/quick', written by "
         "'minigpt train') or OpenAI's GPT-2 ('--model gpt2'). Greedy by default; --temperature and "
         "--top-k sample instead (seeded, so a command repeats its output).")
@@ -26,20 +28,8 @@ examples:
 """
 
 
-class _Help(argparse.HelpFormatter):
-    """Wraps the description, keeps the examples' lines as written; defaults are in each help."""
-
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, max_help_position=32)
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        if text.startswith("examples:"):
-            return text
-        return super()._fill_text(text, width, indent)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = _Help
+    p.formatter_class = HelpFormatter
     p.epilog = EXAMPLES
     src = p.add_argument_group("the model (give one)")
     one = src.add_mutually_exclusive_group(required=True)

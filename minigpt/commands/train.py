@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from minigpt.commands import HelpFormatter
+
 HELP = ("Train a GPT from scratch on a text, as the book's chapter 5 does: evaluation every few "
         "steps, a sample after each epoch, checkpoints you can resume exactly. Start with "
         "'minigpt train --quick' (a small model on the bundled short story, about 30 s on 2 "
@@ -77,20 +79,8 @@ evaluation) and losses.png (when matplotlib is installed). See docs/training.md.
 """
 
 
-class _Help(argparse.HelpFormatter):
-    """Wraps the description, keeps the examples' lines as written; defaults are in each help."""
-
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, max_help_position=30)
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        if text.startswith("examples:"):
-            return text
-        return super()._fill_text(text, width, indent)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = _Help
+    p.formatter_class = HelpFormatter
     p.epilog = EXAMPLES
     p.add_argument("text", nargs="?", default=S,
                    help="what to train on: a bundled text ('the-verdict', Edith Wharton's short story "
