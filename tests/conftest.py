@@ -1,4 +1,5 @@
 import os
+from importlib import resources
 
 import pytest
 
@@ -17,3 +18,19 @@ def one_numba_thread():
     numba.set_num_threads(1)
     yield
     numba.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """GPT-2's tokenizer, built once for the whole run."""
+    from minigpt import Tokenizer
+
+    return Tokenizer.gpt2()
+
+
+@pytest.fixture(scope="session")
+def verdict() -> str:
+    """The bundled the-verdict.txt, exactly as stored (newline="" keeps the book's counts)."""
+    path = resources.files("minigpt") / "assets" / "texts" / "the-verdict.txt"
+    with open(path, encoding="utf-8", newline="") as f:
+        return f.read()

@@ -1,26 +1,12 @@
 """The data pipeline: windows, the book's loaders (9 train + 1 val batches), seeded shuffling,
 drop_last, exact resume."""
 import json
-import os
 
 import numpy as np
 import pytest
 
 from minigpt.data import DataLoader, GPTDatasetV1, create_dataloader_v1, train_val_split, windows
-from minigpt.tokenizer import Tokenizer
 
-VERDICT = os.path.join(os.path.dirname(__file__), "..", "minigpt", "assets", "texts", "the-verdict.txt")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer.gpt2()
-
-
-@pytest.fixture(scope="module")
-def verdict():
-    with open(VERDICT, encoding="utf-8", newline="") as f:
-        return f.read()
 
 
 def test_windows_shift_and_count():

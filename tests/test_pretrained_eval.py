@@ -27,11 +27,6 @@ def ckpt(tmp_path_factory):
     return model, d
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return minigpt.Tokenizer.gpt2()
-
-
 def test_evaluate_text_is_the_books_procedure(ckpt, tok):
     model, _ = ckpt
     text, _ = read_text("the-verdict")

@@ -30,12 +30,6 @@ def gpt2():
     return from_pretrained(GPT2_DIR, dtype=np.float32)
 
 
-@pytest.fixture(scope="module")
-def tok():
-    import minigpt
-    return minigpt.Tokenizer.gpt2()
-
-
 def test_first_embedding_values(gpt2):
     # ch05.ipynb cell 136 prints wte[0, :3] of the same weights (from OpenAI's TF checkpoint)
     assert np.allclose(gpt2.params["wte.weight"][0, :3], [-0.11010301, -0.03926672, 0.03310751],

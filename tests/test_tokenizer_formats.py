@@ -9,7 +9,6 @@ from minigpt import tokenizer_formats as fmt
 from minigpt.tokenizer import Tokenizer
 
 ASSETS = os.path.join(os.path.dirname(__file__), "..", "minigpt", "assets", "gpt2")
-VERDICT = os.path.join(os.path.dirname(__file__), "..", "minigpt", "assets", "texts", "the-verdict.txt")
 SAMPLE = ("Hello, world! It's 2024 -- naïve café, 日本語, 😀.\n    return x  \n\n"
           "I HAD always thought Jack Gisburn rather a cheap genius--though a good fellow enough")
 
@@ -17,12 +16,6 @@ SAMPLE = ("Hello, world! It's 2024 -- naïve café, 日本語, 😀.\n    return
 @pytest.fixture(scope="module")
 def gpt2():
     return Tokenizer.gpt2()
-
-
-@pytest.fixture(scope="module")
-def verdict():
-    with open(VERDICT, encoding="utf-8", newline="") as f:
-        return f.read()
 
 
 def test_byte_map():

@@ -14,19 +14,7 @@ from minigpt.bpe_merge import bpe_merge_batch, bpe_merge_py
 from minigpt.tokenizer import GPT2_PATTERN, R50K_PATTERN, Tokenizer
 
 HERE = os.path.dirname(__file__)
-VERDICT = os.path.join(HERE, "..", "minigpt", "assets", "texts", "the-verdict.txt")
 FIXTURE = os.path.join(HERE, "fixtures", "tokenizer_gpt2_cases.json")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer.gpt2()
-
-
-@pytest.fixture(scope="module")
-def verdict():
-    with open(VERDICT, encoding="utf-8", newline="") as f:
-        return f.read()
 
 
 # ------------------------------------------------------------------ known answers (book-notes §2, §9.1)

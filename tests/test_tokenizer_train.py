@@ -1,7 +1,6 @@
 """Training: equal to a naive re-implementation of tiktoken._educational.bpe_train (recount every
 pair after every merge; ties go to the pair seen first in the text), deterministic, clear errors."""
 import collections
-import os
 
 import pytest
 import regex
@@ -11,7 +10,6 @@ from hypothesis import strategies as st
 from minigpt.bpe_merge import bpe_merge_py
 from minigpt.tokenizer import GPT2_PATTERN, R50K_PATTERN, Tokenizer
 
-VERDICT = os.path.join(os.path.dirname(__file__), "..", "minigpt", "assets", "texts", "the-verdict.txt")
 
 
 def naive_train(text, vocab_size, pattern=R50K_PATTERN):
@@ -47,12 +45,6 @@ def naive_train(text, vocab_size, pattern=R50K_PATTERN):
 
 def trained_tokens(tok):
     return [b for b, i in sorted(tok.mergeable_ranks.items(), key=lambda kv: kv[1]) if i >= 256]
-
-
-@pytest.fixture(scope="module")
-def verdict():
-    with open(VERDICT, encoding="utf-8", newline="") as f:
-        return f.read()
 
 
 def test_equals_educational_on_verdict(verdict):
