@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from minigpt.bench.report import run
+from minigpt.cli.bench.report import run
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -4,7 +4,7 @@
     python benchmarks/bench_kv_cache.py --only small --repeats 7
     python benchmarks/bench_kv_cache.py --prompt 16 --new 64 --threads 2
 
-For each model (random weights, float32, dropout off): greedy ``minigpt.generate`` of ``--new``
+For each model (random weights, float32, dropout off): greedy ``minigpt.inference.generate`` of ``--new``
 tokens after a random ``--prompt``-token prompt, batch 1, with ``use_cache=True`` (prefill the prompt
 once, then one token per step through the model) and ``use_cache=False`` (the book's loop: the whole
 sequence through the model at every step). Each is timed ``--repeats`` times after a warm-up
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     import minigpt
     from minigpt import GPTConfig, GPTModel
     from minigpt.backend import numba_enabled
-    from minigpt.generate import generate
-    from minigpt.train import set_num_threads
+    from minigpt.inference.generate import generate
+    from minigpt.training.loop import set_num_threads
 
     threads = set_num_threads(args.threads)
     print(f"minigpt {minigpt.__version__}, numpy {np.__version__}, numba {numba.__version__}, "

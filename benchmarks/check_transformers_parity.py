@@ -12,7 +12,7 @@ C=48 H=3 L=5 with inputs and generation filling the whole context; V=1001 T=40 C
 size 7) and a tied and an untied head:
 1. transformers -> minigpt: a GPT2LMHeadModel with random non-trivial weights (LN scales far from 1,
    non-zero biases) is written with transformers' own ``save_pretrained``, loaded by
-   ``minigpt.GPTModel.from_pretrained`` in float64; logits, the cross-entropy loss (with an ignored
+   ``minigpt.from_pretrained`` in float64; logits, the cross-entropy loss (with an ignored
    -100 target), every gradient (torch autograd vs minigpt's hand-written backward; the tied head's
    gradient is the sum of both uses) and greedy tokens must agree (relative error <= 1e-9 for
    numbers, identical tokens);
@@ -61,9 +61,9 @@ except ImportError as e:  # torch/transformers are only for this check
     sys.exit(0)
 
 import minigpt
-from minigpt.generate import generate
-from minigpt.pretrained import from_pretrained, save_pretrained
-from minigpt.safetensors_io import SafetensorsError, load_file, save_file
+from minigpt.inference.generate import generate
+from minigpt.weights.pretrained import from_pretrained, save_pretrained
+from minigpt.weights.safetensors_io import SafetensorsError, load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "gpt2_tiny"

@@ -32,8 +32,8 @@ except ImportError as e:
     print(f"skipped: this needs TensorFlow ({e}); see the docstring")
     sys.exit(0)
 
-from minigpt.safetensors_io import save_file
-from minigpt.tf_checkpoint import TFCheckpoint
+from minigpt.weights.safetensors_io import save_file
+from minigpt.weights.tf_checkpoint import TFCheckpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "gpt2_tf_tiny"
@@ -78,7 +78,7 @@ def write_tf(directory: Path, variables: dict[str, np.ndarray], hp: dict = HP) -
 def time_124m() -> None:
     import time
 
-    from minigpt.pretrained import from_pretrained
+    from minigpt.weights.pretrained import from_pretrained
     with tempfile.TemporaryDirectory() as tmp:
         prefix = write_tf(Path(tmp) / "124M", openai_variables(1, HP_124M), HP_124M)
         size = Path(str(prefix) + ".data-00000-of-00001").stat().st_size

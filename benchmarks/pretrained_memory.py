@@ -53,8 +53,8 @@ def reset_peak() -> None:
 def child(method: str, path: str) -> None:
     """Runs in a fresh process; prints one JSON line."""
     import minigpt  # noqa: F401  (imports first, so they are in the baseline)
-    from minigpt import pretrained
-    from minigpt.safetensors_io import load_file
+    from minigpt.weights import pretrained
+    from minigpt.weights.safetensors_io import load_file
 
     cfg = pretrained.config_from_hf(json.loads((Path(path) / "config.json").read_text()))
     reset_peak()
@@ -93,8 +93,8 @@ def child(method: str, path: str) -> None:
 def write_checkpoint(directory: Path, name: str) -> int:
     from minigpt.config import PRETRAINED_CONFIGS
     from minigpt.model import param_shapes
-    from minigpt.pretrained import config_to_hf
-    from minigpt.safetensors_io import save_file
+    from minigpt.weights.pretrained import config_to_hf
+    from minigpt.weights.safetensors_io import save_file
 
     cfg = PRETRAINED_CONFIGS[name]
     rng = np.random.default_rng(0)

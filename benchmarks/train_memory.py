@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     hwm0 = proc_status("VmHWM")
     import minigpt
     from minigpt import GPT_CONFIG_124M, GPTModel
-    from minigpt.optim import AdamW
-    from minigpt.train import set_num_threads
+    from minigpt.training.optim import AdamW
+    from minigpt.training.loop import set_num_threads
 
     threads = set_num_threads(args.threads)
     print(f"minigpt {minigpt.__version__}, numpy {np.__version__}, python {platform.python_version()}, "

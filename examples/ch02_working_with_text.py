@@ -15,8 +15,8 @@ from importlib import resources
 import numpy as np
 
 import minigpt
-from minigpt.data import create_dataloader_v1, train_val_split, windows
-from minigpt.simple_tokenizer import EOT, UNK, SimpleTokenizerV1, SimpleTokenizerV2, build_vocab, split_words
+from minigpt.training.data import create_dataloader_v1, train_val_split, windows
+from minigpt.tokenizer.simple import EOT, UNK, SimpleTokenizerV1, SimpleTokenizerV2, build_vocab, split_words
 
 FAILED = []
 

@@ -20,7 +20,7 @@ import numpy as np
 import minigpt
 from minigpt import GPT_CONFIG_124M, GPTModel, Tokenizer, model_configs
 from minigpt.config import size_mb
-from minigpt.generate import generate_text_simple
+from minigpt.inference.generate import generate_text_simple
 from minigpt.layers.gelu import gelu_forward
 from minigpt.layers.layernorm import layernorm_forward
 

@@ -10,9 +10,9 @@ The book's run (book-notes §5): GPT_CONFIG_124M with context_length 256 (163M p
 is not tied), trained on the bundled the-verdict (90/10 character split, 256-token windows with
 stride 256, batch 2, shuffled with seed 123) for 10 epochs with AdamW(lr=4e-4, weight_decay=0.1),
 dropout 0.1, evaluating every 5 steps on 5 batches, and printing a greedy "Every effort moves you"
-sample after every epoch. The training loop is ``minigpt.train.train`` - the same one the
+sample after every epoch. The training loop is ``minigpt.training.loop.train`` - the same one the
 ``minigpt train`` command uses. The model is initialised as PyTorch initialises the book's modules
-(``minigpt.train.init_like_torch``): with GPT-2's normal(0, 0.02) this run does not learn.
+(``minigpt.training.loop.init_like_torch``): with GPT-2's normal(0, 0.02) this run does not learn.
 
 The book's log goes from 9.817/9.924 (train/val) at step 0 to 0.569/6.373 at step 85; its notebook
 notes "training loss below 1 and a validation loss below 7". The random numbers differ from
@@ -31,9 +31,9 @@ import numpy as np
 
 import minigpt
 from minigpt import GPT_CONFIG_124M, GPTModel, Tokenizer
-from minigpt.data import create_dataloader_v1, train_val_split
-from minigpt.optim import AdamW
-from minigpt.train import TrainSettings, evaluate_model, init_like_torch, set_num_threads, train
+from minigpt.training.data import create_dataloader_v1, train_val_split
+from minigpt.training.optim import AdamW
+from minigpt.training.loop import TrainSettings, evaluate_model, init_like_torch, set_num_threads, train
 
 
 def peak_rss_mib() -> float:

@@ -21,12 +21,12 @@ from minigpt.config import (  # noqa: F401
     model_configs,
 )
 from minigpt.model import GPTModel  # noqa: F401, E402
-from minigpt.kv_cache import KVCache  # noqa: F401, E402
+from minigpt.inference.kv_cache import KVCache  # noqa: F401, E402
 
 # --- tokenizer and data ---
 from minigpt.tokenizer import Tokenizer  # noqa: F401, E402
-from minigpt.simple_tokenizer import SimpleTokenizerV1, SimpleTokenizerV2  # noqa: F401, E402
-from minigpt.data import (  # noqa: F401, E402
+from minigpt.tokenizer.simple import SimpleTokenizerV1, SimpleTokenizerV2  # noqa: F401, E402
+from minigpt.training.data import (  # noqa: F401, E402
     DataLoader,
     GPTDatasetV1,
     create_dataloader_v1,
@@ -35,9 +35,9 @@ from minigpt.data import (  # noqa: F401, E402
 )
 
 # --- pretrained weights ---
-from minigpt.pretrained import from_pretrained, load_model, save_pretrained  # noqa: F401, E402
+from minigpt.weights.pretrained import from_pretrained, load_model, save_pretrained  # noqa: F401, E402
 
 # --- training and generation ---
-from minigpt.optim import AdamW, clip_grad_norm_, grad_norm, lr_at  # noqa: F401, E402
-from minigpt.generate import generate  # noqa: F401, E402
-from minigpt.train import TrainSettings  # noqa: F401, E402  (the function stays minigpt.train.train)
+from minigpt.training.optim import AdamW, clip_grad_norm_, grad_norm, lr_at  # noqa: F401, E402
+from minigpt.inference.generate import generate  # noqa: F401, E402
+from minigpt.training.loop import TrainSettings, train  # noqa: F401, E402

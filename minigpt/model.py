@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from minigpt.config import GPTConfig
-from minigpt.kv_cache import KVCache
+from minigpt.inference.kv_cache import KVCache
 from minigpt.layers.block import block_backward, block_forward, block_step
 from minigpt.layers.dropout import dropout_backward, dropout_forward
 from minigpt.layers.embedding import embedding_backward, embedding_forward
@@ -186,7 +186,7 @@ class GPTModel:
         Dropout is active only when ``rng`` is given and ``drop_rate > 0`` (training); without it the
         forward is deterministic (evaluation, generation). With ``kv_cache``, ``idx`` holds only the
         new tokens, their positions continue from ``kv_cache.pos``, and the logits of the new
-        positions are returned (see ``minigpt.kv_cache``).
+        positions are returned (see ``minigpt.inference.kv_cache``).
         """
         if kv_cache is not None:
             return self._forward_cached(idx, kv_cache)
@@ -269,15 +269,3 @@ class GPTModel:
                 raise ValueError(f"{name}: shape {arr.shape} in the state, {self.params[name].shape} "
                                  "in the model; the configs differ")
             self.params[name][...] = arr
-
-    @classmethod
-    def from_pretrained(cls, path_or_name, dtype=np.float32, **kwargs) -> GPTModel:
-        """Load GPT-2 weights: a Hugging Face checkpoint directory or .safetensors file, or a name
-        ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"). See ``minigpt.pretrained``."""
-        from minigpt.pretrained import from_pretrained
-        return from_pretrained(path_or_name, dtype=dtype, **kwargs)
-
-    def save_pretrained(self, directory) -> None:
-        """Write ``config.json`` and ``model.safetensors`` in Hugging Face's GPT-2 layout."""
-        from minigpt.pretrained import save_pretrained
-        save_pretrained(self, directory)

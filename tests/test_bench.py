@@ -38,7 +38,7 @@ def test_bench_same_process_flag_runs_the_old_way(capsys):
 
 
 def test_rounds_split_the_timed_steps():
-    from minigpt.bench.isolated import _split
+    from minigpt.cli.bench.isolated import _split
 
     assert _split(6, 2) == [3, 3]
     assert _split(5, 2) == [3, 2]
@@ -50,9 +50,9 @@ def test_isolated_child_matches_in_process_loss(tmp_path):
     """The child loads the parent's weights and inputs: its first loss is the in-process one."""
     from safetensors.numpy import save_file
 
-    from minigpt.bench import CONFIGS
-    from minigpt.bench.isolated import _run_child
-    from minigpt.bench.model_bench import batch
+    from minigpt.cli.bench.configs import CONFIGS
+    from minigpt.cli.bench.isolated import _run_child
+    from minigpt.cli.bench.model_bench import batch
     from minigpt.model import GPTModel
 
     cfg, B, T = CONFIGS["tiny"]
@@ -76,7 +76,7 @@ def test_bench_rejects_bad_options(capsys):
 
 
 def test_kernel_section_validates_against_twins():
-    from minigpt.bench import kernel_times
+    from minigpt.cli.bench import kernel_times
 
     rows = kernel_times.warm_times("tiny", repeats=1)
     ops = {r["op"] for r in rows}
@@ -87,7 +87,7 @@ def test_kernel_section_validates_against_twins():
 
 def test_validate_catches_a_wrong_kernel(monkeypatch):
     import kernels
-    from minigpt.bench import kernel_times
+    from minigpt.cli.bench import kernel_times
 
     ref, _ = kernels.PAIRS["gelu_forward"]
     wrong = lambda x: tuple(a * np.float32(1.01) for a in ref(x))  # noqa: E731
@@ -97,8 +97,8 @@ def test_validate_catches_a_wrong_kernel(monkeypatch):
 
 
 def test_train_flops_counts_the_products():
-    from minigpt.bench import CONFIGS
-    from minigpt.bench.model_bench import train_flops
+    from minigpt.cli.bench.configs import CONFIGS
+    from minigpt.cli.bench.model_bench import train_flops
 
     cfg, B, T = CONFIGS["small"]
     L, C, V = cfg.n_layers, cfg.emb_dim, cfg.vocab_size

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from minigpt.checkpoint import (
+from minigpt.training.checkpoint import (
     CheckpointError,
     list_checkpoints,
     load_checkpoint,
@@ -18,7 +18,7 @@ from minigpt.checkpoint import (
 )
 from minigpt.config import GPTConfig
 from minigpt.model import GPTModel
-from minigpt.optim import AdamW
+from minigpt.training.optim import AdamW
 
 CFG = GPTConfig(vocab_size=29, context_length=8, emb_dim=8, n_heads=2, n_layers=1, drop_rate=0.1)
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from minigpt.data import DataLoader, GPTDatasetV1, create_dataloader_v1, train_val_split, windows
+from minigpt.training.data import DataLoader, GPTDatasetV1, create_dataloader_v1, train_val_split, windows
 
 
 

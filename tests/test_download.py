@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 import minigpt
-from minigpt import download
-from minigpt.download import ChecksumError, DownloadError, download_file, model_dir
-from minigpt.pretrained import from_pretrained, save_pretrained
+from minigpt.weights import download
+from minigpt.weights.download import ChecksumError, DownloadError, download_file, model_dir
+from minigpt.weights.pretrained import from_pretrained, save_pretrained
 
 FAST = dict(progress=False, retries=3, timeout=5.0, backoff=0.0)
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minigpt.generate import (
+from minigpt.inference.generate import (
     generate,
     generate_text_simple,
     sample_next,
@@ -146,7 +146,7 @@ def test_generate_rejects_bad_input():
 
 # --- the real model: KV cache == no cache ------------------------------------------------------------
 model_mod = pytest.importorskip("minigpt.model")
-pytest.importorskip("minigpt.kv_cache")
+pytest.importorskip("minigpt.inference.kv_cache")
 
 
 def tiny_model(context_length=12, dtype=np.float64, seed=0, V=37):
@@ -186,7 +186,7 @@ def test_cache_equals_no_cache_property(seed, B, T0, new, temperature, top_k, eo
 
 
 def test_cache_logits_match_full_forward():
-    from minigpt.kv_cache import KVCache
+    from minigpt.inference.kv_cache import KVCache
 
     m = tiny_model()
     idx = np.random.default_rng(1).integers(0, 37, size=(2, 9))

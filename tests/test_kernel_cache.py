@@ -15,9 +15,9 @@ import sys
 SCRIPT = r"""
 import json, numpy as np
 from minigpt.config import GPTConfig
-from minigpt.kernel_cache import compiled_in_process, warm_kernel_cache
+from minigpt.training.kernel_cache import compiled_in_process, warm_kernel_cache
 from minigpt.model import GPTModel
-from minigpt.optim import AdamW, clip_grad_norm_
+from minigpt.training.optim import AdamW, clip_grad_norm_
 
 out = {"warmed": warm_kernel_cache(np.float32)}
 rng = np.random.default_rng(0)

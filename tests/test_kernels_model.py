@@ -9,7 +9,7 @@ import pytest
 from minigpt import backend
 from minigpt.config import GPTConfig
 from minigpt.gradcheck import TINY, check_model
-from minigpt.kv_cache import KVCache
+from minigpt.inference.kv_cache import KVCache
 from minigpt.layers.attention import attention_backward, attention_forward
 from minigpt.layers.gelu import gelu_backward, gelu_forward
 from minigpt.layers.layernorm import layernorm_backward, layernorm_forward

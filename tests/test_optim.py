@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from minigpt import optim
-from minigpt.optim import AdamW, clip_grad_norm_, grad_norm, lr_at
+from minigpt.training import optim
+from minigpt.training.optim import AdamW, clip_grad_norm_, grad_norm, lr_at
 
 
 class FlatModel:

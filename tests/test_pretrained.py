@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 
 import minigpt
-from minigpt.generate import generate
-from minigpt.pretrained import (
+from minigpt.inference.generate import generate
+from minigpt.weights.pretrained import (
     config_from_hf,
     from_pretrained,
     hf_state,
     load_model,
     save_pretrained,
 )
-from minigpt.safetensors_io import SafetensorsError, SafetensorsFile, load_file, save_file
+from minigpt.weights.safetensors_io import SafetensorsError, SafetensorsFile, load_file, save_file
 
 FIXTURE = Path(__file__).parent / "fixtures" / "gpt2_tiny"
 TOL = 1e-9  # float64 round-off through two layers is ~1e-15; 1e-9 leaves room, catches any bug
@@ -239,8 +239,8 @@ def test_save_can_cast(tmp_path):
 
 def test_gptmodel_methods_delegate(tmp_path):
     m = perturbed_model(tiny_cfg(), dtype=np.float32)
-    m.save_pretrained(tmp_path)
-    back = minigpt.GPTModel.from_pretrained(tmp_path, dtype=np.float32)
+    minigpt.save_pretrained(m, tmp_path)
+    back = minigpt.from_pretrained(tmp_path, dtype=np.float32)
     assert np.array_equal(back.flat_params, m.flat_params)
 
 
@@ -353,7 +353,7 @@ def test_hf_state_never_copies_params():
 
 
 def test_load_model_reads_training_checkpoints(tmp_path):
-    from minigpt.checkpoint import save_checkpoint
+    from minigpt.training.checkpoint import save_checkpoint
     m = perturbed_model(tiny_cfg(tie_weights=False), dtype=np.float32)
     step_dir = save_checkpoint(tmp_path, m, step=3)
     for where in (tmp_path, step_dir):            # the run directory (follows latest) or one step

@@ -13,8 +13,8 @@ import pytest
 
 import minigpt
 from minigpt.cli import main
-from minigpt.commands.eval import evaluate_text, read_text
-from minigpt.pretrained import save_pretrained
+from minigpt.cli.eval import evaluate_text, read_text
+from minigpt.weights.pretrained import save_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_cli_eval_json(ckpt, capsys):
 
 def test_cli_eval_threads(ckpt, capsys):
     """--threads 1 sets Numba's pool (and OpenBLAS's); the loss is the same up to summation order."""
-    from minigpt.train import set_num_threads
+    from minigpt.training.loop import set_num_threads
     _, d = ckpt
     args = ["eval", "--model", str(d), "--text", "the-verdict", "--num-batches", "1", "--json"]
     assert main(args) == 0

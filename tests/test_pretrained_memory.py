@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 import minigpt
-from minigpt.pretrained import save_pretrained
+from minigpt.weights.pretrained import save_pretrained
 
 CHILD = textwrap.dedent("""
     import json, sys
     import numpy as np
     import minigpt
-    from minigpt.pretrained import from_pretrained
+    from minigpt.weights.pretrained import from_pretrained
     def status(key):
         for line in open("/proc/self/status"):
             if line.startswith(key + ":"):

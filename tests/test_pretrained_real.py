@@ -1,7 +1,7 @@
 """The book's numbers with OpenAI's real GPT-2 124M weights (book-notes §5, §9.1 item 6).
 
 Skipped unless the weights are already on disk: at ``$MINIGPT_GPT2_DIR`` or in the cache
-(``minigpt.download.cache_dir() / "gpt2"``; ``minigpt eval --model gpt2 --text the-verdict`` puts
+(``minigpt.weights.download.cache_dir() / "gpt2"``; ``minigpt eval --model gpt2 --text the-verdict`` puts
 them there). The test never downloads. minigpt was developed offline, so these tests have not been
 run against the real weights by its authors; they state what the book's notebooks print.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minigpt import download
+from minigpt.weights import download
 
 GPT2_DIR = Path(os.environ.get("MINIGPT_GPT2_DIR") or download.cache_dir() / "gpt2")
 pytestmark = [
@@ -26,7 +26,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def gpt2():
-    from minigpt.pretrained import from_pretrained
+    from minigpt.weights.pretrained import from_pretrained
     return from_pretrained(GPT2_DIR, dtype=np.float32)
 
 
@@ -37,7 +37,7 @@ def test_first_embedding_values(gpt2):
 
 
 def test_verdict_loss(gpt2, tok):
-    from minigpt.commands.eval import evaluate_text, read_text
+    from minigpt.cli.eval import evaluate_text, read_text
     r = evaluate_text(gpt2, read_text("the-verdict")[0], tok)
     # exercise-solutions.ipynb, Ex 5.5: 3.754748503367106 / 3.559617757797241 (PyTorch float32)
     assert r["train_loss"] == pytest.approx(3.7547485, abs=5e-4)
@@ -52,7 +52,7 @@ def test_verdict_loss(gpt2, tok):
      "'I'm not going to do this,'"),
 ])
 def test_greedy_continuations(gpt2, tok, prompt, n, text):
-    from minigpt.generate import generate
+    from minigpt.inference.generate import generate
     ids = np.array([tok.encode(prompt)], np.int64)
     out = generate(gpt2, ids, max_new_tokens=n, temperature=0.0)
     assert tok.decode(out[0].tolist()) == text

@@ -1,4 +1,4 @@
-"""minigpt.safetensors_io against the reference implementation (the ``safetensors`` package)."""
+"""minigpt.weights.safetensors_io against the reference implementation (the ``safetensors`` package)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import safetensors.numpy as ref
 
-from minigpt.safetensors_io import (
+from minigpt.weights.safetensors_io import (
     SafetensorsError,
     SafetensorsFile,
     load_file,

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minigpt.pretrained import from_pretrained
-from minigpt.safetensors_io import load_file
-from minigpt.tf_checkpoint import TFCheckpoint, TFCheckpointError, crc32c, masked_crc32c
+from minigpt.weights.pretrained import from_pretrained
+from minigpt.weights.safetensors_io import load_file
+from minigpt.weights.tf_checkpoint import TFCheckpoint, TFCheckpointError, crc32c, masked_crc32c
 
 FIXTURE = Path(__file__).parent / "fixtures" / "gpt2_tf_tiny"
 DATA = "model.ckpt.data-00000-of-00001"

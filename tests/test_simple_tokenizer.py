@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from minigpt.simple_tokenizer import EOT, UNK, SimpleTokenizerV1, SimpleTokenizerV2, build_vocab, split_words
+from minigpt.tokenizer.simple import EOT, UNK, SimpleTokenizerV1, SimpleTokenizerV2, build_vocab, split_words
 
 VERDICT = os.path.join(os.path.dirname(__file__), "..", "minigpt", "assets", "texts", "the-verdict.txt")
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from minigpt import tokenizer_formats as fmt
+from minigpt.tokenizer import formats as fmt
 from minigpt.tokenizer import Tokenizer
 
 ASSETS = os.path.join(os.path.dirname(__file__), "..", "minigpt", "assets", "gpt2")

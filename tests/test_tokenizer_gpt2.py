@@ -10,7 +10,7 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minigpt.bpe_merge import bpe_merge_batch, bpe_merge_py
+from minigpt.tokenizer.bpe_merge import bpe_merge_batch, bpe_merge_py
 from minigpt.tokenizer import GPT2_PATTERN, R50K_PATTERN, Tokenizer
 
 HERE = os.path.dirname(__file__)
@@ -127,7 +127,7 @@ def test_fixture_line_by_line_and_cold_cache(tok):
 
 def test_cache_bound(tok, verdict, monkeypatch):
     """Past the cache bound the cache is emptied, keeping only the words of the current text."""
-    import minigpt.tokenizer as T
+    import minigpt.tokenizer.bpe as T
     monkeypatch.setattr(T, "_CACHE_MAX", 50)
     small = Tokenizer.gpt2()
     small.use_fast = False                                 # the readable path's dict cache
@@ -138,7 +138,7 @@ def test_cache_bound(tok, verdict, monkeypatch):
 
 def test_fast_cache_reset(tok, verdict, monkeypatch):
     """The compiled encoder's cache starts over when full; ids stay exact."""
-    import minigpt.bpe_fast as F
+    import minigpt.tokenizer.bpe_fast as F
     monkeypatch.setattr(F, "_MAX_ENTRIES", 64)
     small = Tokenizer.gpt2()
     assert small._fast.c_meta.shape[0] == 64
@@ -196,7 +196,7 @@ def test_fast_pre_tokenizer_equals_regex(s):
 
 
 def test_category_table_matches_regex():
-    from minigpt.bpe_fast import LETTER, NUMBER, OTHER, SPACE, category_table
+    from minigpt.tokenizer.bpe_fast import LETTER, NUMBER, OTHER, SPACE, category_table
     cat = category_table()
     rng = np.random.default_rng(0)
     cps = [c for c in rng.integers(0, 0x110000, 3000).tolist() if not 0xD800 <= c <= 0xDFFF]

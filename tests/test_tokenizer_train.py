@@ -7,7 +7,7 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minigpt.bpe_merge import bpe_merge_py
+from minigpt.tokenizer.bpe_merge import bpe_merge_py
 from minigpt.tokenizer import GPT2_PATTERN, R50K_PATTERN, Tokenizer
 
 

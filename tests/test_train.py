@@ -7,12 +7,12 @@ import signal
 import numpy as np
 import pytest
 
-from minigpt.checkpoint import list_checkpoints, read_state
+from minigpt.training.checkpoint import list_checkpoints, read_state
 from minigpt.config import GPTConfig
-from minigpt.data import DataLoader, windows
+from minigpt.training.data import DataLoader, windows
 from minigpt.model import GPTModel
-from minigpt.optim import AdamW
-from minigpt.train import (
+from minigpt.training.optim import AdamW
+from minigpt.training.loop import (
     NonFiniteLossError,
     TrainSettings,
     calc_loss_loader,
@@ -217,7 +217,7 @@ TINY = ["--tokenizer", "300", "--context-length", "16", "--emb-dim", "16", "--n-
 
 
 def tiny_text(tmp_path):
-    from minigpt.commands.train import load_text
+    from minigpt.cli.train import load_text
 
     path = tmp_path / "story.txt"
     path.write_text(load_text("the-verdict")[:3000], encoding="utf-8")
@@ -227,7 +227,7 @@ def tiny_text(tmp_path):
 def final_params(run_dir):
     from safetensors.numpy import load_file
 
-    from minigpt.checkpoint import resolve
+    from minigpt.training.checkpoint import resolve
 
     return load_file(str(resolve(run_dir) / "model.safetensors")), read_state(run_dir)
 
@@ -314,7 +314,7 @@ def test_help_reads_cold(capsys, monkeypatch):
 
 
 def test_init_like_torch_matches_pytorch_defaults():
-    from minigpt.train import init_like_torch
+    from minigpt.training.loop import init_like_torch
 
     cfg = GPTConfig(vocab_size=300, context_length=16, emb_dim=32, n_heads=4, n_layers=2)
     model = GPTModel(cfg, seed=0)

@@ -9,7 +9,7 @@
 Encoding is two steps (docs/tokenizer.md):
 1. split the text into pre-tokens with GPT-2's regex (words with their leading space, numbers,
    punctuation runs, whitespace);
-2. turn each pre-token's UTF-8 bytes into ids with the BPE merge loop (``minigpt.bpe_merge``).
+2. turn each pre-token's UTF-8 bytes into ids with the BPE merge loop (``minigpt.tokenizer.bpe_merge``).
 Step 2 is cached per distinct pre-token (text has few distinct words), and cache misses are merged
 in one batch by a Numba kernel.
 
@@ -30,8 +30,8 @@ from typing import Literal
 import numpy as np
 import regex
 
-from minigpt import tokenizer_formats as fmt
-from minigpt.bpe_merge import bpe_merge_batch, bpe_merge_py, numba, pair_table_csr
+from minigpt.tokenizer import formats as fmt
+from minigpt.tokenizer.bpe_merge import bpe_merge_batch, bpe_merge_py, numba, pair_table_csr
 
 _HAVE_NUMBA = numba is not None
 
@@ -92,12 +92,12 @@ class Tokenizer:
         self._csr = pair_table_csr(*self._build_pairs(), self.n_vocab)
         self._whole_lookup = merges is None                        # tiktoken's shortcut
         self._cache: dict[str, tuple[int, ...]] = {}
-        # the compiled encoder (minigpt.bpe_fast) knows GPT-2's pattern only; built (and its
+        # the compiled encoder (minigpt.tokenizer.bpe_fast) knows GPT-2's pattern only; built (and its
         # compiled code loaded) here, so that the first encode is as fast as the others
         self.use_fast = pattern in (GPT2_PATTERN, R50K_PATTERN) and _HAVE_NUMBA
         self._fast = None
         if self.use_fast:
-            from minigpt.bpe_fast import FastEncoder
+            from minigpt.tokenizer.bpe_fast import FastEncoder
             self._fast = FastEncoder(self._ranks, self._byte_ids, self._csr, self._whole_lookup)
             self._fast.encode("warm up: it’s 1 ü".encode())
             self._fast.clear()
@@ -143,9 +143,9 @@ class Tokenizer:
         first in the text wins (the rule of ``tiktoken._educational.bpe_train``, whose tokens this
         reproduces in order). Special tokens get the ids after the mergeable ones (or the ids given
         in a dict); their text is cut out of the training text first (no merge learns or crosses it). ``progress`` shows a tqdm bar (default: when more than 2,000 merges).
-        See ``minigpt.bpe_train`` for the algorithm.
+        See ``minigpt.tokenizer.bpe_train`` for the algorithm.
         """
-        from minigpt.bpe_train import bpe_train
+        from minigpt.tokenizer.bpe_train import bpe_train
 
         merges, ranks = bpe_train(text, vocab_size, pattern, verbose=verbose, progress=progress,
                                   split_on=list(special_tokens))
@@ -402,7 +402,7 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ internals
     def _build_pairs(self) -> tuple[list[int], list[int], list[int], list[int]]:
-        """The pairs of ``minigpt.bpe_merge``: left ids, right ids, priorities, new ids."""
+        """The pairs of ``minigpt.tokenizer.bpe_merge``: left ids, right ids, priorities, new ids."""
         ranks = self._ranks
         get = ranks.get
         L: list[int] = []

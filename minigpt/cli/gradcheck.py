@@ -33,7 +33,7 @@ def _row(cols, widths):
 
 def run(args) -> int:
     from minigpt import backend
-    from minigpt.train import set_num_threads
+    from minigpt.training.loop import set_num_threads
 
     set_num_threads(args.threads)
     names = [backend.get_backend()] if args.kernels is None else (

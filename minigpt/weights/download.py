@@ -1,6 +1,6 @@
 """Download OpenAI's GPT-2 weights by name, resumably, verified, into a cache directory.
 
-    path = minigpt.download.model_dir("gpt2")    # -> ~/.cache/minigpt/gpt2/ with model.safetensors
+    path = minigpt.weights.download.model_dir("gpt2")    # -> ~/.cache/minigpt/gpt2/ with model.safetensors
 
 Where the files come from: the Hugging Face hub's ``openai-community/{name}`` repositories
 (``model.safetensors`` and ``config.json``, the files the book's

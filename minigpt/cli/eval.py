@@ -76,8 +76,8 @@ def evaluate_text(model: Any, text: str, tokenizer: Any, *, max_length: int = 25
     train_windows, val_windows, train_batches, val_batches (the batches evaluated),
     train_batches_total, val_batches_total (the batches the loader has).
     """
-    from minigpt.data import DataLoader, train_val_split, windows
-    from minigpt.train import calc_loss_loader
+    from minigpt.training.data import DataLoader, train_val_split, windows
+    from minigpt.training.loop import calc_loss_loader
 
     stride = max_length if stride is None else stride
     if num_batches is not None and num_batches < 1:
@@ -110,11 +110,11 @@ def evaluate_text(model: Any, text: str, tokenizer: Any, *, max_length: int = 25
 
 
 def run(args) -> int:
-    from minigpt.pretrained import load_model
+    from minigpt.weights.pretrained import load_model
     from minigpt.tokenizer import Tokenizer
 
     if args.threads:
-        from minigpt.train import set_num_threads
+        from minigpt.training.loop import set_num_threads
 
         set_num_threads(args.threads)
     text, label = read_text(args.text)

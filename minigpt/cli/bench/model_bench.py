@@ -24,10 +24,10 @@ from statistics import median
 
 import numpy as np
 
-from minigpt.bench import CONFIGS
+from minigpt.cli.bench.configs import CONFIGS
 from minigpt.config import GPTConfig
 from minigpt.model import GPTModel
-from minigpt.optim import AdamW
+from minigpt.training.optim import AdamW
 
 LR, WD = 4e-4, 0.1
 
@@ -91,7 +91,7 @@ def train_step(name: str, steps: int, threads: int, with_torch: bool = True) -> 
     peer = None
     if with_torch:
         try:
-            from minigpt.bench import torch_peer
+            from minigpt.cli.bench import torch_peer
             net, torch = torch_peer.build(model, threads)
             peer = torch_peer.train_step_fn(net, torch, idx, targets, LR, WD)
         except ImportError:
@@ -134,7 +134,7 @@ def _add_mfu(res: dict, cfg, B: int, T: int) -> dict:
 def decode(name: str, n_new: int, repeats: int, threads: int, prompt_len: int = 16,
            with_torch: bool = True) -> dict:
     """Greedy decoding of ``n_new`` tokens after a ``prompt_len``-token prompt, batch 1, KV cache."""
-    from minigpt.generate import generate
+    from minigpt.inference.generate import generate
 
     cfg = CONFIGS[name][0]
     n_new = min(n_new, cfg.context_length - prompt_len)
@@ -144,7 +144,7 @@ def decode(name: str, n_new: int, repeats: int, threads: int, prompt_len: int = 
     peer = None
     if with_torch:
         try:
-            from minigpt.bench import torch_peer
+            from minigpt.cli.bench import torch_peer
             net, torch = torch_peer.build(model, threads)
             peer = lambda: torch_peer.greedy_decode(net, torch, prompt, n_new)  # noqa: E731
         except ImportError:

@@ -15,7 +15,7 @@ given the same seed, dtype and thread settings (BLAS sums in a thread-count-depe
 Loader protocol: iterating a loader yields ``(inputs, targets)`` int arrays of shape (B, T); ``len``
 is the number of batches per epoch; for exact resume of a shuffling loader, ``state_dict()`` taken
 before an epoch and ``load_state_dict()`` must make the next iteration repeat the same order
-(``minigpt.data``'s loaders do). Evaluation never iterates the training loader: it uses
+(``minigpt.training.data``'s loaders do). Evaluation never iterates the training loader: it uses
 ``train_eval_loader`` (unshuffled) so that measuring the loss cannot change the training order.
 """
 
@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from minigpt.checkpoint import (
+from minigpt.training.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     read_state,
@@ -42,9 +42,9 @@ from minigpt.checkpoint import (
     set_rng_state,
     write_text_atomic,
 )
-from minigpt.generate import generate, text_to_token_ids, token_ids_to_text
-from minigpt.kernel_cache import check_still_cached, warm_kernel_cache
-from minigpt.optim import clip_grad_norm_, grad_norm, lr_at
+from minigpt.inference.generate import generate, text_to_token_ids, token_ids_to_text
+from minigpt.training.kernel_cache import check_still_cached, warm_kernel_cache
+from minigpt.training.optim import clip_grad_norm_, grad_norm, lr_at
 
 LOG_FILE = "log.jsonl"
 PLOT_FILE = "losses.png"
@@ -197,7 +197,7 @@ def set_num_threads(n: int) -> dict[str, int | None]:
 class TrainSettings:
     """Everything about a run that is not the model, the optimizer or the data.
 
-    The learning rate follows ``minigpt.optim.lr_at``: ``warmup_steps`` of linear warmup from
+    The learning rate follows ``minigpt.training.optim.lr_at``: ``warmup_steps`` of linear warmup from
     ``initial_lr`` (default ``lr / warmup_steps``) to ``lr``, then constant (``min_lr=None``, the book's
     chapter 5) or cosine decay to ``min_lr`` over the run (appendix D). ``clip`` is the max global
     gradient norm (None: no clipping), applied from step ``warmup_steps`` on, as appendix D.

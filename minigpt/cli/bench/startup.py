@@ -1,7 +1,7 @@
 """Start-up cost of the kernels: a fresh process doing one training step of a tiny model, first with
 an empty Numba cache (everything compiles) and then again with the cache it wrote (loads).
 
-Each run is a child ``python -m minigpt.bench.startup`` with ``NUMBA_CACHE_DIR`` pointing at one new
+Each run is a child ``python -m minigpt.cli.bench.startup`` with ``NUMBA_CACHE_DIR`` pointing at one new
 temporary directory; it reports the first step (compile or cache load +
 run) and a second step (run only). "compile/load" = first step - second step.
 """
@@ -19,9 +19,9 @@ import time
 def _child() -> dict:
     import numpy as np
 
-    from minigpt.bench import CONFIGS
+    from minigpt.cli.bench.configs import CONFIGS
     from minigpt.model import GPTModel
-    from minigpt.optim import AdamW
+    from minigpt.training.optim import AdamW
     cfg, B, T = CONFIGS["tiny"]
     model = GPTModel(cfg, seed=0, dtype=np.float32)
     opt = AdamW(model, lr=1e-3)
@@ -44,7 +44,7 @@ def measure() -> dict:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache, MINIGPT_WARM_CACHE="0")
         for label in ("cold", "warm"):
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "minigpt.bench.startup"], env=env,
+            proc = subprocess.run([sys.executable, "-m", "minigpt.cli.bench.startup"], env=env,
                                   capture_output=True, text=True)
             wall = time.perf_counter() - t0
             if proc.returncode != 0:

@@ -1,6 +1,6 @@
 """Peak resident memory of a training step and of decoding, each in its own fresh process.
 
-A peak is a high-water mark, so every measurement runs in a new ``python -m minigpt.bench.memory``
+A peak is a high-water mark, so every measurement runs in a new ``python -m minigpt.cli.bench.memory``
 child: one for minigpt, one for PyTorch, never mixed. The child imports what it needs, reads
 ``VmRSS`` (the "after imports" baseline: NumPy+Numba vs torch), then runs two training steps (or
 one decode) and reads ``VmHWM`` (the process's peak RSS) from /proc/self/status.
@@ -30,8 +30,8 @@ def status_mb(field: str) -> float:
 
 def _child(impl: str, task: str, name: str, threads: int, n_new: int) -> dict:
     from minigpt import backend
-    from minigpt.bench import CONFIGS
-    from minigpt.bench.model_bench import LR, WD, batch
+    from minigpt.cli.bench.configs import CONFIGS
+    from minigpt.cli.bench.model_bench import LR, WD, batch
     from minigpt.model import GPTModel
 
     if impl != "torch":
@@ -44,7 +44,7 @@ def _child(impl: str, task: str, name: str, threads: int, n_new: int) -> dict:
     idx, targets = batch(cfg, B, T)
     prompt = idx[:1, :16]
     if impl == "torch":
-        from minigpt.bench import torch_peer
+        from minigpt.cli.bench import torch_peer
         net, torch = torch_peer.build(cfg, threads)      # its own init: no minigpt copy in memory
         if task == "train":
             step = torch_peer.train_step_fn(net, torch, idx, targets, LR, WD)
@@ -55,20 +55,20 @@ def _child(impl: str, task: str, name: str, threads: int, n_new: int) -> dict:
     else:
         model = GPTModel(cfg, seed=0, dtype=np.float32)
         if task == "train":
-            from minigpt.optim import AdamW
+            from minigpt.training.optim import AdamW
             opt = AdamW(model, lr=LR, weight_decay=WD)
             for _ in range(2):
                 model.loss_and_grads(idx, targets)
                 opt.step()
         else:
-            from minigpt.generate import generate
+            from minigpt.inference.generate import generate
             generate(model, prompt, n_new, temperature=0.0, use_cache=True)
     return {"impl": impl, "task": task, "config": name, "base_mb": base, "peak_mb": status_mb("VmHWM")}
 
 
 def measure(impl: str, task: str, name: str, threads: int, n_new: int = 32) -> dict:
     """Run one measurement in a fresh child process; returns its dict (or {"error": ...})."""
-    cmd = [sys.executable, "-m", "minigpt.bench.memory", impl, task, name, str(threads), str(n_new)]
+    cmd = [sys.executable, "-m", "minigpt.cli.bench.memory", impl, task, name, str(threads), str(n_new)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]

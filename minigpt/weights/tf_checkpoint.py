@@ -16,7 +16,7 @@ protobuf this needs. Each tensor's bytes are checked against the CRC32C stored b
 
 ``TFCheckpoint`` exposes the variables under minigpt's (Hugging Face's) names, with OpenAI's
 leading 1 of the conv weights squeezed away ((1, C, 3C) -> (C, 3C); the bytes are the same), so
-``minigpt.pretrained`` loads it exactly like a safetensors file. No transposes are needed: TF's
+``minigpt.weights.pretrained`` loads it exactly like a safetensors file. No transposes are needed: TF's
 conv1d weights are already (in, out), the ``x @ W`` layout.
 """
 
@@ -204,7 +204,7 @@ def hparams_to_hf(h: dict) -> dict:
 
 class TFCheckpoint:
     """A TF checkpoint's variables under minigpt's names; the interface of ``SafetensorsFile``
-    that ``minigpt.pretrained`` uses (``keys``, ``shape``, ``read_into``, ``get``).
+    that ``minigpt.weights.pretrained`` uses (``keys``, ``shape``, ``read_into``, ``get``).
 
     ``verify``: check each tensor's CRC32C as it is read (about 1 s per GB).
     """

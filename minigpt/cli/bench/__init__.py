@@ -1,6 +1,20 @@
-"""``minigpt bench``: kernels vs their NumPy twins, a training step and cached decoding vs PyTorch
-(when installed; each implementation in its own fresh process, alternating), peak memory, per-phase
-profile and start-up compile time. See docs/kernels.md."""
+"""``minigpt bench``: how fast minigpt runs on this machine, against NumPy twins and PyTorch.
+
+    __init__.py      the command: its options and ``run``
+    configs.py       the model shapes it times (``--config``)
+
+    system.py        the header: CPU, threads actually used, NumPy's BLAS, Numba and its threading layer
+    kernel_times.py  every Numba kernel, cold (compile; cache load) and warm, against its NumPy twin
+    torch_peer.py    the same GPT-2 in PyTorch eager (optional: "PyTorch not installed" without it)
+    isolated.py      a whole training step and KV-cached greedy decode, minigpt vs PyTorch, each in
+                     its own fresh process, alternating (the default of ``minigpt bench``)
+    model_bench.py   the same interleaved in one process (``--same-process``: misleading, the thread
+                     pools interfere); per-phase profile; GEMM rate and MFU
+    memory.py        peak resident memory (VmHWM) of each, one fresh subprocess per measurement
+    startup.py       compile time of a fresh process: empty Numba cache vs populated cache
+
+Every figure is measured by the command that prints it; ``docs/kernels.md`` shows a full run.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kernels.blas import default_threads
-    from minigpt.bench.report import run as run_report
+    from minigpt.cli.bench.report import run as run_report
 
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")

@@ -1,10 +1,9 @@
-"""The ``minigpt`` command: a thin dispatcher; each subcommand lives in ``minigpt/commands/<name>.py``."""
+"""The ``minigpt`` command: a thin dispatcher; each subcommand lives in ``minigpt/cli/<name>.py``."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 # In the order ``minigpt --help`` lists them.
@@ -19,10 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        module_name = f"minigpt.commands.{name.replace('-', '_')}"
-        if importlib.util.find_spec(module_name) is None:  # a command still being written
-            continue
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(f"minigpt.cli.{name}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         module.add_arguments(p)
@@ -46,5 +42,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())

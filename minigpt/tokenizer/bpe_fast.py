@@ -1,7 +1,7 @@
 """The compiled encoder for GPT-2's split pattern: pre-tokenize, cache and merge in one Numba pass.
 
 ``Tokenizer.encode_ordinary`` uses this when the pattern is GPT-2's (either spelling); the readable
-path (``regex.findall`` + a dict cache + ``minigpt.bpe_merge``) stays as its reference, and the tests
+path (``regex.findall`` + a dict cache + ``minigpt.tokenizer.bpe_merge``) stays as its reference, and the tests
 hold the two equal on the fixture, the-verdict and random text.
 
 1. **Pre-tokenizing** walks the UTF-8 bytes, decodes each code point, and classifies it with a table
@@ -14,7 +14,7 @@ hold the two equal on the fixture, the-verdict and random text.
 2. **Caching**: each pre-token's bytes are hashed (FNV-1a) into an open-addressing table that maps
    them to their ids; the table lives across calls and is emptied when full.
 3. **Merging** a cache miss: the whole pre-token if it is a token (tiktoken's shortcut, rank
-   vocabularies only), else ``minigpt.bpe_merge._merge_piece`` (heap + linked list).
+   vocabularies only), else ``minigpt.tokenizer.bpe_merge._merge_piece`` (heap + linked list).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 import regex
 
-from minigpt.bpe_merge import _merge_piece, numba
+from minigpt.tokenizer.bpe_merge import _merge_piece, numba
 
 OTHER, LETTER, NUMBER, SPACE = 0, 1, 2, 3
 _MAX_ENTRIES = 1 << 17            # distinct pre-tokens cached (table: 2x slots)

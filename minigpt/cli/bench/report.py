@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from minigpt.bench import CONFIGS
+from minigpt.cli.bench.configs import CONFIGS
 
 
 def _rng(d: dict) -> str:
@@ -18,7 +18,7 @@ def _rounds_note(results: dict, n: int, what: str, warmup: int) -> str:
     r = next(iter(results.values()), {})
     if not r.get("isolated"):
         return f"{n} timed {what} each, after 1 warm-up, orders alternating"
-    from minigpt.bench.isolated import _split
+    from minigpt.cli.bench.isolated import _split
     sizes = "+".join(str(k) for k in _split(n, r["rounds"]))
     return (f"{r['rounds']} round(s) of {sizes} timed {what} per implementation, each child "
             f"after {warmup} warm-up")
@@ -33,7 +33,7 @@ def run(configs: list[str], steps: int, threads: int, decode_tokens: int, sectio
     alternating (``isolated.py``); ``same_process=True`` times both interleaved in this process
     instead, which is misleading (their thread pools interfere; see docs/kernels.md)."""
     from minigpt import backend
-    from minigpt.bench import isolated, kernel_times, memory, model_bench, startup, system
+    from minigpt.cli.bench import isolated, kernel_times, memory, model_bench, startup, system
 
     threads = backend.set_threads(threads)
     torch = system.torch_or_none()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minigpt.bench.system import torch_or_none
+from minigpt.cli.bench.system import torch_or_none
 
 
 def build(model, threads: int):

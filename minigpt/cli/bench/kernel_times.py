@@ -2,7 +2,7 @@
 
 Shapes are those of a training step of a bench config (default "small": B=16, T=128, C=256, H=8,
 V=4096), float32. Warm = median of repeated calls after one call. Cold = the first call in a fresh
-process (``python -m minigpt.bench.kernel_times``) minus its second call, once with an EMPTY Numba
+process (``python -m minigpt.cli.bench.kernel_times``) minus its second call, once with an EMPTY Numba
 cache (compilation) and once with the cache that run wrote (load from disk).
 """
 
@@ -18,7 +18,7 @@ from statistics import median
 
 import numpy as np
 
-from minigpt.bench import CONFIGS
+from minigpt.cli.bench.configs import CONFIGS
 
 
 def cases(name: str = "small", dtype=np.float32) -> dict:
@@ -167,7 +167,7 @@ def cold_times(name: str = "tiny") -> dict:
     with tempfile.TemporaryDirectory(prefix="minigpt-numba-cache-") as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
         for label in ("compile", "load"):
-            proc = subprocess.run([sys.executable, "-m", "minigpt.bench.kernel_times", name],
+            proc = subprocess.run([sys.executable, "-m", "minigpt.cli.bench.kernel_times", name],
                                   env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 res[label] = {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}

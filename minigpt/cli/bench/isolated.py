@@ -4,7 +4,7 @@ Why: minigpt (Numba's thread pool + split BLAS calls) and PyTorch (its OpenMP po
 process share their thread pools and minigpt's thread/malloc settings. Measured on the 2-core bench
 machine while it was busy, 'small' config, 2 threads: one process gave minigpt 3566 tok/s vs
 PyTorch 593 (ratio 6.0), but each alone in its own process 6750 vs 5303 (1.27). So the parent here only writes the minigpt model's weights and the inputs to
-temporary safetensors files and starts ``python -m minigpt.bench.isolated`` children, alternating
+temporary safetensors files and starts ``python -m minigpt.cli.bench.isolated`` children, alternating
 minigpt, PyTorch, minigpt, PyTorch (``rounds`` rounds of about steps/rounds timed steps each, after
 warm-up), so slow spells of a noisy machine hit both. The PyTorch child never runs a minigpt Numba
 kernel nor calls ``minigpt.backend.set_threads``: it loads the same weights into the torch peer and
@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from minigpt.bench import CONFIGS
+from minigpt.cli.bench.configs import CONFIGS
 
 TRAIN_WARMUP = 2        # untimed steps at the start of each child (the first loss is the 1st one's)
 DECODE_WARMUP = 1       # untimed decodes (its tokens are the ones compared)
@@ -48,7 +48,7 @@ def _child(spec: dict) -> dict:
     if impl == "torch":
         from types import SimpleNamespace
 
-        from minigpt.bench import torch_peer
+        from minigpt.cli.bench import torch_peer
         net, torch = torch_peer.build(SimpleNamespace(cfg=cfg, params=params), threads)
         if task == "train":
             step = torch_peer.train_step_fn(net, torch, inputs["idx"], inputs["targets"],
@@ -62,7 +62,7 @@ def _child(spec: dict) -> dict:
         model = GPTModel(cfg, seed=0, dtype=np.float32)
         model.load_state_dict(params)
         if task == "train":
-            from minigpt.optim import AdamW
+            from minigpt.training.optim import AdamW
             opt = AdamW(model, lr=spec["lr"], weight_decay=spec["wd"])
             idx, targets = inputs["idx"], inputs["targets"]
 
@@ -71,7 +71,7 @@ def _child(spec: dict) -> dict:
                 opt.step()
                 return float(loss)
         else:
-            from minigpt.generate import generate
+            from minigpt.inference.generate import generate
             step = lambda: generate(model, inputs["prompt"], spec["n_new"], temperature=0.0,  # noqa: E731
                                     use_cache=True)
     out: dict = {"impl": impl}
@@ -94,7 +94,7 @@ def _child(spec: dict) -> dict:
 
 
 def _run_child(spec: dict) -> dict:
-    cmd = [sys.executable, "-m", "minigpt.bench.isolated", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "minigpt.cli.bench.isolated", json.dumps(spec)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
@@ -132,7 +132,7 @@ def _alternate(task: str, name: str, threads: int, n_timed: int, rounds: int, wi
 
 def train_step(name: str, steps: int, threads: int, with_torch: bool = True, rounds: int = 2) -> dict:
     """Like ``model_bench.train_step`` (same result keys), each implementation in its own processes."""
-    from minigpt.bench.model_bench import LR, WD, _add_mfu, _summary, batch, gemm_rate
+    from minigpt.cli.bench.model_bench import LR, WD, _add_mfu, _summary, batch, gemm_rate
 
     cfg, B, T = CONFIGS[name]
     idx, targets = batch(cfg, B, T)
@@ -156,7 +156,7 @@ def train_step(name: str, steps: int, threads: int, with_torch: bool = True, rou
 def decode(name: str, n_new: int, repeats: int, threads: int, prompt_len: int = 16,
            with_torch: bool = True, rounds: int = 2) -> dict:
     """Like ``model_bench.decode`` (same result keys), each implementation in its own processes."""
-    from minigpt.bench.model_bench import _summary
+    from minigpt.cli.bench.model_bench import _summary
 
     cfg = CONFIGS[name][0]
     n_new = min(n_new, cfg.context_length - prompt_len)

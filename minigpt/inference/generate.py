@@ -129,7 +129,7 @@ def generate(
     """Extend each row of ``idx`` by up to ``max_new_tokens`` tokens.  idx (B, T) -> (B, T + n)
 
     Args:
-        model: a ``GPTModel`` (uses ``forward`` and, with ``use_cache``, ``minigpt.kv_cache.KVCache``).
+        model: a ``GPTModel`` (uses ``forward`` and, with ``use_cache``, ``minigpt.inference.kv_cache.KVCache``).
         context_size: the model sees at most the last ``context_size`` tokens (default and maximum:
             ``model.cfg.context_length``).
         temperature: 0 is greedy; > 0 samples from softmax(logits / temperature).
@@ -168,7 +168,7 @@ def generate(
     finished = np.zeros(B, dtype=bool)
     cache = None
     if use_cache and max_new_tokens > 0:
-        from minigpt.kv_cache import KVCache
+        from minigpt.inference.kv_cache import KVCache
 
         cache = KVCache(model.cfg, batch_size=B, dtype=model.dtype, max_len=context_size)
     for _ in range(max_new_tokens):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from minigpt.commands import HelpFormatter
+from minigpt.cli.help import HelpFormatter
 
 HELP = ("Train a GPT from scratch on a text, as the book's chapter 5 does: evaluation every few "
         "steps, a sample after each epoch, checkpoints you can resume exactly. Start with "
@@ -195,13 +195,13 @@ def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
     if opts["checkpoint_dir"] is None:
         opts["checkpoint_dir"] = str(Path("runs") / Path(str(opts["text"])).stem)
     if given.get("resume"):
-        from minigpt.checkpoint import list_checkpoints, read_state
+        from minigpt.training.checkpoint import list_checkpoints, read_state
 
         if list_checkpoints(opts["checkpoint_dir"]):
             saved = read_state(opts["checkpoint_dir"])["state"].get("cli")
             if saved is None:
                 raise ValueError(f"{opts['checkpoint_dir']} was not written by 'minigpt train'; "
-                                 "resume it with minigpt.train.train(..., resume=True)")
+                                 "resume it with minigpt.training.loop.train(..., resume=True)")
             changed = sorted(k for k, v in given.items() if k not in RESUMABLE and saved.get(k) != v)
             if changed:
                 raise ValueError(
@@ -276,7 +276,7 @@ def build_config(o: dict[str, Any], n_vocab: int):
 
 
 def build_loaders(tokenizer, text: str, o: dict[str, Any]):
-    from minigpt.data import DataLoader, train_val_split, windows
+    from minigpt.training.data import DataLoader, train_val_split, windows
 
     T, B = o["context_length"], o["batch_size"]
     stride = o["stride"] or T
@@ -297,10 +297,10 @@ def build_loaders(tokenizer, text: str, o: dict[str, Any]):
 
 # --- the command -------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
-    from minigpt.checkpoint import list_checkpoints
+    from minigpt.training.checkpoint import list_checkpoints
     from minigpt.model import GPTModel
-    from minigpt.optim import AdamW
-    from minigpt.train import NonFiniteLossError, TrainSettings, train
+    from minigpt.training.optim import AdamW
+    from minigpt.training.loop import NonFiniteLossError, TrainSettings, train
 
     t_start = time.perf_counter()
     o = resolve_options(args)
@@ -310,11 +310,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{run_dir} already holds a run; continue it with --resume, or choose "
                          "another --checkpoint-dir (or delete that one)")
     if o.get("threads"):
-        from minigpt.train import set_num_threads
+        from minigpt.training.loop import set_num_threads
 
         set_num_threads(o["threads"])
     text = load_text(o["text"])
-    from minigpt.data import train_val_split
+    from minigpt.training.data import train_val_split
 
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer, tok_ref = make_tokenizer(o["tokenizer"], train_val_split(text, o["train_ratio"])[0],
@@ -326,7 +326,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = np.dtype(o["dtype"]).type
     model = GPTModel(cfg, seed=o["seed"], dtype=dtype)
     if o.get("init", "gpt2") == "torch" and not resuming:  # a resumed run loads its weights
-        from minigpt.train import init_like_torch
+        from minigpt.training.loop import init_like_torch
 
         init_like_torch(model, seed=o["seed"])
     optimizer = AdamW(model, lr=o["lr"], weight_decay=o["weight_decay"], decay=o["decay"])
@@ -376,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
     return 130 if res.status == "interrupted" else 0
 
 
-# for `python -m minigpt.commands.train` (tests run it as a subprocess)
+# for `python -m minigpt.cli.train` (tests run it as a subprocess)
 if __name__ == "__main__":
     import sys
 

@@ -1,4 +1,4 @@
-"""One module per ``minigpt`` subcommand. Each defines HELP, ``add_arguments(parser)`` and ``run(args) -> int``."""
+"""The help formatter every ``minigpt`` subcommand uses."""
 
 import argparse
 

@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from minigpt import download, tf_checkpoint
+from minigpt.weights import download, tf_checkpoint
 from minigpt.config import PRETRAINED_CONFIGS, GPTConfig
 from minigpt.model import GPTModel, param_shapes
-from minigpt.safetensors_io import SafetensorsError, open_weights, save_file
+from minigpt.weights.safetensors_io import SafetensorsError, open_weights, save_file
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"  # sharded: model-00001-of-0000N.safetensors ...
@@ -245,7 +245,7 @@ def resolve(path_or_name: str | os.PathLike,
     ``hparams.json`` + ``model.ckpt.*``), a ``.safetensors`` file (its sibling config.json is used
     only when the file is called model.safetensors or model.safetensors.index.json), a TF checkpoint
     prefix or one of its files, or
-    a name from ``minigpt.download.MODEL_NAMES`` (downloaded into the cache unless it is there).
+    a name from ``minigpt.weights.download.MODEL_NAMES`` (downloaded into the cache unless it is there).
     """
     p = Path(path_or_name).expanduser()
     name = None
@@ -310,7 +310,7 @@ def from_pretrained(path_or_name: str | os.PathLike, dtype=np.float32, *,
     """Load a GPT-2 checkpoint into a new GPTModel (float32 or float64).
 
     ``path_or_name``: "gpt2" / "gpt2-medium" / "gpt2-large" / "gpt2-xl" (downloaded and cached, see
-    ``minigpt.download``), a Hugging Face GPT-2 directory or ``.safetensors`` file of any shape, the
+    ``minigpt.weights.download``), a Hugging Face GPT-2 directory or ``.safetensors`` file of any shape, the
     book's converted ``gpt2-*.safetensors``, OpenAI's TensorFlow checkpoint folder (what the book's
     ``gpt_download.py`` saves, e.g. ``gpt2/124M``), or a minigpt checkpoint directory.
     ``drop_rate``: dropout for later finetuning (default 0.0, or the saved value for a minigpt config).
@@ -440,12 +440,12 @@ def load_model(name_or_path_or_checkpoint: str | os.PathLike, dtype=np.float32,
 
     ``X`` may be a GPT-2 name ("gpt2", ...), a Hugging Face directory or .safetensors file, the
     book's converted file, or a training run / checkpoint directory written by
-    ``minigpt.checkpoint`` (its ``state.json`` or ``latest`` pointer is recognised; the checkpoint's
+    ``minigpt.training.checkpoint`` (its ``state.json`` or ``latest`` pointer is recognised; the checkpoint's
     sha256 records are verified).
     """
     p = Path(name_or_path_or_checkpoint).expanduser()
     if p.is_dir() and ((p / "state.json").is_file() or (p / "latest").is_file()):
-        from minigpt.checkpoint import model_from_checkpoint
+        from minigpt.training.checkpoint import model_from_checkpoint
         model, _ = model_from_checkpoint(p, dtype=dtype)
         return model
     return from_pretrained(name_or_path_or_checkpoint, dtype=dtype, **kwargs)

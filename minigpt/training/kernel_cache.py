@@ -61,10 +61,10 @@ def exercise_kernels(dtype: type = np.float32) -> None:
     import kernels.gelu
     import kernels.layernorm
     from minigpt.config import GPTConfig
-    from minigpt.generate import generate
+    from minigpt.inference.generate import generate
     from minigpt.layers.attention import BLAS_MIN_T
     from minigpt.model import GPTModel
-    from minigpt.optim import AdamW, clip_grad_norm_
+    from minigpt.training.optim import AdamW, clip_grad_norm_
 
     rng = np.random.default_rng(0)
     tiny = GPTConfig(vocab_size=64, context_length=8, emb_dim=16, n_heads=2, n_layers=1,
@@ -110,7 +110,7 @@ def warm_kernel_cache(dtype: type = np.float32, print_fn=None) -> bool:
                             "in a new process may not be bit-identical")
         return False
     env = dict(os.environ, MINIGPT_WARM_CACHE="0")
-    code = f"import numpy; from minigpt.kernel_cache import exercise_kernels; exercise_kernels(numpy.{name})"
+    code = f"import numpy; from minigpt.training.kernel_cache import exercise_kernels; exercise_kernels(numpy.{name})"
     proc = subprocess.run([sys.executable, "-c", code],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minigpt.commands import HelpFormatter
+from minigpt.cli.help import HelpFormatter
 
 HELP = ("Continue a prompt with a model: a training run ('--checkpoint runs/quick', written by "
         "'minigpt train') or OpenAI's GPT-2 ('--model gpt2'). Greedy by default; --temperature and "
@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_tokenizer_for_checkpoint(path: str | Path):
     """The tokenizer a training run used: GPT-2's, or the one saved in the run directory."""
-    from minigpt.checkpoint import read_state, resolve
+    from minigpt.training.checkpoint import read_state, resolve
     from minigpt.tokenizer import Tokenizer
 
     ckpt = resolve(path)
@@ -91,27 +91,27 @@ def load_tokenizer_for_checkpoint(path: str | Path):
 
 
 def run(args: argparse.Namespace) -> int:
-    from minigpt.generate import generate
+    from minigpt.inference.generate import generate
 
     threads = args.threads
     if threads is None and args.checkpoint:  # the run's own setting (--quick trains on one thread)
-        from minigpt.checkpoint import read_state
+        from minigpt.training.checkpoint import read_state
 
         threads = (read_state(args.checkpoint)["state"].get("cli") or {}).get("threads")
     if threads:
-        from minigpt.train import set_num_threads
+        from minigpt.training.loop import set_num_threads
 
         set_num_threads(threads)
     dtype = np.dtype(args.dtype).type
     t0 = time.perf_counter()
     if args.checkpoint:
-        from minigpt.checkpoint import model_from_checkpoint
+        from minigpt.training.checkpoint import model_from_checkpoint
 
         model, meta = model_from_checkpoint(args.checkpoint, dtype=dtype)
         tokenizer = load_tokenizer_for_checkpoint(args.checkpoint)
         source = f"{meta['path']} (step {meta['step']})"
     else:
-        from minigpt.pretrained import load_model
+        from minigpt.weights.pretrained import load_model
         from minigpt.tokenizer import Tokenizer
 
         model = load_model(args.model, dtype=dtype)

@@ -1,0 +1,7 @@
+"""``python -m minigpt.cli ...`` is the ``minigpt`` command."""
+
+import sys
+
+from minigpt.cli.dispatch import main
+
+sys.exit(main())

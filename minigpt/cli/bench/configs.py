@@ -1,0 +1,17 @@
+"""The model shapes ``minigpt bench`` times (``--config``)."""
+
+from __future__ import annotations
+
+
+from minigpt.config import GPTConfig
+
+# name -> (config, batch size, tokens per sequence). "small" and "gpt2" are the peer configurations of
+# the issue; "tiny" is for tests and smoke runs. All: tied head, qkv bias, dropout 0 (as the peer).
+CONFIGS: dict[str, tuple[GPTConfig, int, int]] = {
+    "tiny": (GPTConfig(vocab_size=256, context_length=64, emb_dim=64, n_heads=4, n_layers=2,
+                       drop_rate=0.0, qkv_bias=True, tie_weights=True), 2, 32),
+    "small": (GPTConfig(vocab_size=4096, context_length=256, emb_dim=256, n_heads=8, n_layers=4,
+                        drop_rate=0.0, qkv_bias=True, tie_weights=True), 16, 128),
+    "gpt2": (GPTConfig(vocab_size=50257, context_length=1024, emb_dim=768, n_heads=12, n_layers=12,
+                       drop_rate=0.0, qkv_bias=True, tie_weights=True), 4, 128),
+}

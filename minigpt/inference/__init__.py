@@ -1,0 +1,1 @@
+"""Using a trained model: generation (greedy, temperature, top-k) and the KV cache."""
