@@ -591,12 +591,14 @@ def make_model(seed: int = 0) -> None:
     tensors = {"idx": idx, "targets": targets, "logits": logits, "loss": loss.astype(np.float64)}
     tensors |= {"weight." + k: v for k, v in weights.items()}
     tensors |= {"grad." + k: v for k, v in grads.items()}
-    meta = {"config": json.dumps(MODEL), "torch": torch.__version__,
-            "transformers": transformers.__version__, "seed": str(seed),
+    info = {"config": MODEL, "torch": torch.__version__,
+            "transformers": transformers.__version__, "seed": seed,
             "dropout": "off: drop_rate 0.0 and eval mode (dropout's random draws are not shared "
                        "between libraries)",
             "loss": "F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-100)",
             "generated_by": "benchmarks/make_outside_fixtures.py model"}
+    # one metadata entry: safetensors writes several in a random order (not byte-reproducible)
+    meta = {"fixture": json.dumps(info, sort_keys=True)}
     path = OUT / "gpt_train_untied_T33.safetensors"
     st.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=meta)
     print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size:,} bytes): loss {float(loss):.12f}, "
