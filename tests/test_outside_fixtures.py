@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import kernels
 import minigpt
 from minigpt.layers.attention import BLAS_MIN_T
 from minigpt.safetensors_io import SafetensorsFile
@@ -231,15 +232,23 @@ def test_fixture_is_the_books_training_configuration(torch_ref):
     assert tensors["logits"].shape == (B, T, cfg.vocab_size)
 
 
-@pytest.mark.parametrize("kernels", ["numba", "numpy"])
-def test_training_model_equals_pytorch(torch_ref, kernels):
+@pytest.mark.parametrize("path", ["numba", "numpy"])
+def test_training_model_equals_pytorch(torch_ref, path, monkeypatch):
     info, tensors = torch_ref
     model = fixture_model(info, tensors)
-    with minigpt.backend.use(kernels):
+    calls = []                                   # which attention kernels the numba path takes
+    for name in ("attention_forward_blas", "attention_backward_blas"):
+        kernel = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _k=kernel, _n=name, **kw: (
+            calls.append(_n), _k(*a, **kw))[1])
+    with minigpt.backend.use(path):
         got = model_outputs(model, tensors)
     err, name = worst_rel(got, expected_outputs(tensors))
     assert len(got) == 2 + len(model.params) == 29
     assert err <= TOL, f"{name}: {err:.2e}"
+    L = model.cfg.n_layers                       # forward, then forward + backward of the loss
+    want_calls = {"attention_forward_blas": 2 * L, "attention_backward_blas": L}
+    assert {n: calls.count(n) for n in set(calls)} == (want_calls if path == "numba" else {})
 
 
 def test_dropout_rate_without_rng_is_the_same_model(torch_ref):
