@@ -9,8 +9,8 @@ Run it in a separate virtualenv that has the outside libraries (never a minigpt 
     .peer/bin/python benchmarks/make_outside_fixtures.py all
 
 The script does not import minigpt: every expected value below comes from elsewhere. The test suite
-(tests/test_outside_fixtures.py) reads the files with only numpy and minigpt. Each subcommand refuses
-(exit status 2, with what to install) when its outside library is missing.
+(tests/test_outside_fixtures.py) reads the files with only numpy and minigpt. Each subcommand
+refuses (exit status 2, with what to install) when its outside library is missing.
 
 hashes  vocab_sha256.json: the sha256 of GPT-2's vocabulary files (encoder.json, vocab.bpe,
         gpt2.tiktoken) as three outside sources give them, required to agree: the table in
@@ -52,7 +52,7 @@ SHARED_GPT2 = SHARED / "gpt2"
 VERDICT = ROOT / "minigpt" / "assets" / "texts" / "the-verdict.txt"
 INSTRUCTIONS = ROOT / "minigpt" / "assets" / "texts" / "instruction-data.json"
 SMS = SHARED / "sms-spam-collection" / "SMSSpamCollection"
-SMS_SHA256 = "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"  # shared/data/README
+SMS_SHA256 = "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"  # shared README
 VOCAB_FILES = ("encoder.json", "vocab.bpe", "gpt2.tiktoken")
 EOT = "<|endoftext|>"
 
@@ -87,9 +87,9 @@ def make_hashes() -> None:
     public = need("tiktoken_ext.openai_public", "hashes")
     # 1. the table in shared/data/gpt2/README.md: | `file` | bytes | `sha256` | format |
     readme = (SHARED_GPT2 / "README.md").read_text(encoding="utf-8")
-    table = {m[0]: m[1] for m in re.findall(r"^\| `([^`]+)` \| [\d,]+ \| `([0-9a-f]{64})` \|", readme,
-                                            re.M)}
-    # 2. tiktoken's pins: gpt2() passes encoder_json_hash / vocab_bpe_hash, r50k_base() expected_hash
+    row = r"^\| `([^`]+)` \| [\d,]+ \| `([0-9a-f]{64})` \|"
+    table = dict(re.findall(row, readme, re.M))
+    # 2. tiktoken's pins: gpt2() gives encoder_json_hash, vocab_bpe_hash; r50k_base() expected_hash
     src_gpt2, src_r50k = inspect.getsource(public.gpt2), inspect.getsource(public.r50k_base)
     pins = {"encoder.json": re.search(r'encoder_json_hash="([0-9a-f]{64})"', src_gpt2)[1],
             "vocab.bpe": re.search(r'vocab_bpe_hash="([0-9a-f]{64})"', src_gpt2)[1],
@@ -102,7 +102,7 @@ def make_hashes() -> None:
             sys.exit(f"refused: the outside sources disagree on {name}: {found}")
         path = SHARED_GPT2 / name
         files[name] = {"sha256": found["tiktoken pin"], "bytes": path.stat().st_size}
-        print(f"  {name}: {files[name]['sha256']} ({files[name]['bytes']:,} bytes), 3 sources agree")
+        print(f"  {name}: {found['tiktoken pin']} ({path.stat().st_size:,} bytes), 3 sources agree")
     doc = {
         "_header": ("sha256 of GPT-2's vocabulary files, from outside minigpt: the table in "
                     "/work/shared/data/gpt2/README.md, the files in /work/shared/data/gpt2/ hashed "
@@ -124,7 +124,8 @@ PHRASES = [
     "Ελληνικά: Ξεσκεπάζω την ψυχοφθόρα βδελυγμία.", "שלום עולם, מה שלומך?",
     "مرحبا بالعالم، كيف حالك؟", "نص عربي مع أرقام ١٢٣ و 456", "नमस्ते दुनिया, आप कैसे हैं?",
     "हिन्दी में संख्या १२३४", "สวัสดีชาวโลก ภาษาไทยไม่มีช่องว่าง", "안녕하세요 세계, 반갑습니다!",
-    "你好，世界！今天天气很好。", "日本語のテキスト、ひらがなとカタカナ。", "東京タワーは333メートルです。",
+    "你好，世界！今天天气很好。", "日本語のテキスト、ひらがなとカタカナ。",
+    "東京タワーは333メートルです。",
     "Ünïcödé façade naïve café résumé", "Straße, Æsir, Øresund, Łódź, İstanbul, ǅemal",
     "Tiếng Việt có dấu: Hà Nội, Sài Gòn", "Ωμέγα ≠ Omega; ℵ₀ < 𝔠", "ქართული ენა", "Հայերեն լեզու",
     "አማርኛ ቋንቋ", "ᏣᎳᎩ ᎦᏬᏂᎯᏍᏗ", "ꦧꦱꦗꦮ", "ⴰⵎⴰⵣⵉⵖ", "𝕳𝖊𝖑𝖑𝖔 𝓦𝓸𝓻𝓵𝓭", "Ｆｕｌｌｗｉｄｔｈ　ＡＢＣ　１２３",
@@ -135,10 +136,12 @@ SCRIPTS = {  # (first, last) code points of letters to draw words from; marks ap
     "hangul": (0xAC00, 0xD7A3), "cjk": (0x4E00, 0x9FFF), "hiragana": (0x3041, 0x3096),
     "katakana": (0x30A1, 0x30FA), "latin1": (0x00C0, 0x00FF), "armenian": (0x0561, 0x0586),
 }
-SCRIPT_MARKS = {"devanagari": (0x093E, 0x094D), "thai": (0x0E31, 0x0E3A), "arabic": (0x064B, 0x0652),
-                "hebrew": (0x05B0, 0x05BC)}
-SCRIPT_PUNCT = ["", "", ",", ".", "!", "?", "，", "。", "、", "،", "؟", "।", "«", "»", "「", "」", ":"]
-EMOJI = ["😀", "😂", "🥲", "👍", "🙏", "🔥", "🎉", "❤️", "✨", "🚀", "🐍", "🤖", "🍕", "⚽", "🌍", "☕",
+SCRIPT_MARKS = {"devanagari": (0x093E, 0x094D), "thai": (0x0E31, 0x0E3A),
+                "arabic": (0x064B, 0x0652), "hebrew": (0x05B0, 0x05BC)}
+SCRIPT_PUNCT = ["", "", ",", ".", "!", "?", "，", "。", "、", "،", "؟", "।", "«", "»", "「", "」",
+                ":"]
+EMOJI = ["😀", "😂", "🥲", "👍", "🙏", "🔥", "🎉", "❤️", "✨", "🚀", "🐍", "🤖", "🍕", "⚽", "🌍",
+         "☕",
          "👨‍👩‍👧‍👦", "👩‍💻", "🧑‍🔬", "🏳️‍🌈", "🏴‍☠️", "❤️‍🔥", "👁️‍🗨️", "🇺🇸", "🇯🇵", "🇩🇪", "1️⃣", "#️⃣",
          "©️", "™️", "🏴󠁧󠁢󠁳󠁣󠁴󠁿"]
 SKIN = ["\U0001F3FB", "\U0001F3FC", "\U0001F3FD", "\U0001F3FE", "\U0001F3FF"]
@@ -147,8 +150,9 @@ CONTRACTIONS = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d"]
 WORDS = ("the of and a to in is you that it he was for on are as with his they I at be this have "
          "from or one had by word but not what all were we when your can said there use an each "
          "which she do how their if will up other about out many then them these so some her would "
-         "make like him into time has look two more write go see number no way could people my than "
-         "first water been call who oil its now find long down day did get come made may part").split()
+         "make like him into time has look two more write go see number no way could people my "
+         "than first water been call who oil its now find long down day did get come made may "
+         "part").split()
 WHITESPACE = [" ", "\t", "\n", "\r\n", "\r", "\x0b", "\x0c", "\u00a0", "\u3000", "\u2028", "\u2029",
               "\x85", "\u200b", "\u2009"]
 
@@ -193,8 +197,9 @@ def combining_line(rng: random.Random) -> str:
     for _ in range(rng.randint(1, 8)):
         word = ""
         for _ in range(rng.randint(1, 6)):
-            word += rng.choice("aeiouAEOnczsyZ") + "".join(chr(rng.randint(0x0300, 0x036F))
-                                                           for _ in range(rng.choice([0, 1, 1, 2, 5])))
+            letter = rng.choice("aeiouAEOnczsyZ")
+            n_marks = rng.choice([0, 1, 1, 2, 5])
+            word += letter + "".join(chr(rng.randint(0x0300, 0x036F)) for _ in range(n_marks))
         out.append(word)
     return " ".join(out)
 
@@ -282,7 +287,8 @@ def digit_line(rng: random.Random) -> str:
         elif r < 0.8:
             out.append(rng.choice(["½", "²³", "⅓", "Ⅻ", "①②", "¹⁰", "٣.١٤"]))
         else:
-            out.append(f"v{rng.randint(0, 9)}.{rng.randint(0, 20)}.{rng.randint(0, 99)}-rc{rng.randint(1, 9)}")
+            major, minor, patch = rng.randint(0, 9), rng.randint(0, 20), rng.randint(0, 99)
+            out.append(f"v{major}.{minor}.{patch}-rc{rng.randint(1, 9)}")
     return rng.choice([" ", "", ", ", "  "]).join(out)
 
 
@@ -302,7 +308,8 @@ def text_lines(rng: random.Random) -> list[str]:
         verdict = f.read().split("\n")
     with open(INSTRUCTIONS, encoding="utf-8") as f:
         entries = json.load(f)
-    inst = [ln for e in entries for k in ("instruction", "input", "output") for ln in e[k].split("\n")]
+    fields = ("instruction", "input", "output")
+    inst = [ln for e in entries for k in fields for ln in e[k].split("\n")]
     if sha256(SMS) != SMS_SHA256:
         sys.exit(f"refused: {SMS} does not have the sha256 /work/shared/data/README.md gives")
     with open(SMS, encoding="utf-8", newline="") as f:
@@ -321,8 +328,9 @@ def make_lines(seed: int = 0) -> None:
                             special_tokens={EOT: 50256}, explicit_n_vocab=50257)
     rng = random.Random(seed)
     lines = text_lines(rng) + PHRASES
-    makers = [(multilingual_line, 500), (emoji_line, 250), (combining_line, 120), (code_line, 350),
-              (whitespace_line, 350), (contraction_line, 300), (digit_line, 200), (special_line, 150)]
+    makers = [(multilingual_line, 500), (emoji_line, 250), (combining_line, 120),
+              (code_line, 350), (whitespace_line, 350), (contraction_line, 300),
+              (digit_line, 200), (special_line, 150)]
     for make, n in makers:
         lines += [make(rng) for _ in range(n)]
     lines += [" " * n for n in range(1, 41)] + ["\n" * n for n in range(1, 21)]
@@ -339,15 +347,17 @@ def make_lines(seed: int = 0) -> None:
                        enc.encode(text, allowed_special={EOT}) if EOT in text else None])
     header = {
         "what": ("tiktoken's gpt2 ids (tiktoken.Encoding built from /work/shared/data/gpt2/"
-                 "gpt2.tiktoken with tiktoken_ext.openai_public.r50k_pat_str, <|endoftext|>=50256)"),
+                 "gpt2.tiktoken with tiktoken_ext.openai_public.r50k_pat_str, "
+                 "<|endoftext|>=50256)"),
         "tiktoken": tiktoken.__version__, "seed": seed,
         "generated_by": "benchmarks/make_outside_fixtures.py lines",
         "lines": "the texts: the-verdict.txt lines, then samples of instruction-data.json and "
                  "SMSSpamCollection, phrases, generated lines (scripts, emoji, combining marks, "
                  "code, whitespace, contractions, digits, <|endoftext|> text), runs",
         "rows": "lines[i] = [text, encode_ordinary(text)]; special = [i, encode(lines[i] text, "
-                "allowed_special={'<|endoftext|>'})] for every line holding <|endoftext|>; chunks = "
-                "[start, stop, encode_ordinary(T), encode(T, allowed_special={'<|endoftext|>'}) or null "
+                "allowed_special={'<|endoftext|>'})] for every line holding <|endoftext|>; "
+                "chunks = [start, stop, encode_ordinary(T), "
+                "encode(T, allowed_special={'<|endoftext|>'}) or null "
                 "when T has no <|endoftext|>] with T = '\\n'.join(texts[start:stop]) + '\\n'",
     }
     write_json(OUT / "tiktoken_lines.json", header,
@@ -405,9 +415,11 @@ def seeded_weights(np, seed: int = 0) -> dict:
     shapes = {"wte.weight": (V, C), "wpe.weight": (Tc, C)}
     for i in range(L):
         h = f"h.{i}."
-        shapes |= {h + "ln_1.weight": (C,), h + "ln_1.bias": (C,), h + "attn.c_attn.weight": (C, 3 * C),
+        shapes |= {h + "ln_1.weight": (C,), h + "ln_1.bias": (C,),
+                   h + "attn.c_attn.weight": (C, 3 * C),
                    h + "attn.c_proj.weight": (C, C), h + "attn.c_proj.bias": (C,),
-                   h + "ln_2.weight": (C,), h + "ln_2.bias": (C,), h + "mlp.c_fc.weight": (C, 4 * C),
+                   h + "ln_2.weight": (C,), h + "ln_2.bias": (C,),
+                   h + "mlp.c_fc.weight": (C, 4 * C),
                    h + "mlp.c_fc.bias": (4 * C,), h + "mlp.c_proj.weight": (4 * C, C),
                    h + "mlp.c_proj.bias": (C,)}
     shapes |= {"ln_f.weight": (C,), "ln_f.bias": (C,), "lm_head.weight": (V, C)}
@@ -507,7 +519,8 @@ def book_gpt(torch, weights: dict):
                 lin.weight.copy_(qkv[:, j * C:(j + 1) * C].T)
             grads[h + "attn.c_attn.weight"] = lambda a=blk.att: torch.cat(
                 [a.W_query.weight.grad.T, a.W_key.weight.grad.T, a.W_value.weight.grad.T], dim=1)
-            put(blk.att.out_proj.weight, w[h + "attn.c_proj.weight"], h + "attn.c_proj.weight", True)
+            put(blk.att.out_proj.weight, w[h + "attn.c_proj.weight"], h + "attn.c_proj.weight",
+                True)
             put(blk.att.out_proj.bias, w[h + "attn.c_proj.bias"], h + "attn.c_proj.bias")
             put(blk.norm2.scale, w[h + "ln_2.weight"], h + "ln_2.weight")
             put(blk.norm2.shift, w[h + "ln_2.bias"], h + "ln_2.bias")
@@ -528,8 +541,9 @@ def book_gpt(torch, weights: dict):
 def transformers_gpt(torch, transformers, weights: dict):
     """transformers' GPT2LMHeadModel with an untied head and c_attn.bias fixed at zero."""
     cfg = transformers.GPT2Config(
-        vocab_size=MODEL["vocab_size"], n_positions=MODEL["context_length"], n_embd=MODEL["emb_dim"],
-        n_layer=MODEL["n_layers"], n_head=MODEL["n_heads"], layer_norm_epsilon=1e-5,
+        vocab_size=MODEL["vocab_size"], n_positions=MODEL["context_length"],
+        n_embd=MODEL["emb_dim"], n_layer=MODEL["n_layers"], n_head=MODEL["n_heads"],
+        layer_norm_epsilon=1e-5,
         activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         tie_word_embeddings=False, bos_token_id=MODEL["vocab_size"] - 1,
         eos_token_id=MODEL["vocab_size"] - 1)
@@ -584,8 +598,10 @@ def make_model(seed: int = 0) -> None:
 
     if set(h_grads) != set(grads) or set(grads) != set(weights):
         sys.exit(f"refused: parameter names differ: {sorted(set(h_grads) ^ set(grads))}")
-    worst = max([rel(h_logits, logits), rel(h_loss, loss)] + [rel(h_grads[k], grads[k]) for k in grads])
-    print(f"  book-structured torch model vs transformers GPT2LMHeadModel: worst rel err {worst:.1e}")
+    errs = [rel(h_logits, logits), rel(h_loss, loss)] + [rel(h_grads[k], grads[k]) for k in grads]
+    worst = max(errs)
+    print(f"  book-structured torch model vs transformers GPT2LMHeadModel: worst rel err "
+          f"{worst:.1e}")
     if worst > 1e-12:
         sys.exit("refused: the two PyTorch models disagree")
     tensors = {"idx": idx, "targets": targets, "logits": logits, "loss": loss.astype(np.float64)}
@@ -595,14 +611,15 @@ def make_model(seed: int = 0) -> None:
             "transformers": transformers.__version__, "seed": seed,
             "dropout": "off: drop_rate 0.0 and eval mode (dropout's random draws are not shared "
                        "between libraries)",
-            "loss": "F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-100)",
+            "loss": ("F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), "
+                     "ignore_index=-100)"),
             "generated_by": "benchmarks/make_outside_fixtures.py model"}
     # one metadata entry: safetensors writes several in a random order (not byte-reproducible)
     meta = {"fixture": json.dumps(info, sort_keys=True)}
     path = OUT / "gpt_train_untied_T33.safetensors"
     st.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=meta)
-    print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size:,} bytes): loss {float(loss):.12f}, "
-          f"{len(grads)} gradients")
+    print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size:,} bytes): "
+          f"loss {float(loss):.12f}, {len(grads)} gradients")
 
 
 def main() -> int:

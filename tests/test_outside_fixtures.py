@@ -6,7 +6,8 @@ that perturbs the frozen value slightly and shows the same comparison rejects it
 
 (a) vocab_sha256.json        the shipped GPT-2 vocabulary files have the sha256 tiktoken pins
 (b) tiktoken_lines.json      Tokenizer.gpt2() gives tiktoken's gpt2 ids on 4,090 lines and 9 chunks
-(c) edu_bpe_train_...json    Tokenizer.train(the-verdict, 1000) learns tiktoken._educational's merges
+(c) edu_bpe_train_...json    Tokenizer.train(the-verdict, 1000) learns tiktoken._educational's
+                             merges
 (d) gpt_train_untied_T33     the book's training model (untied head, no qkv bias, T = 33) matches
                              PyTorch's logits, loss and every gradient on both kernel paths
 """
@@ -146,7 +147,7 @@ def test_tiktoken_line_check_can_fail(tok, lines):
 # ---------------------------------------------------------------- (c) educational BPE training
 def first_difference(got: list[bytes], want: list[bytes]) -> int | None:
     """Index of the first token that differs (or where one list ends early), None if equal."""
-    for i, (a, b) in enumerate(zip(got, want)):
+    for i, (a, b) in enumerate(zip(got, want, strict=False)):
         if a != b:
             return i
     return None if len(got) == len(want) else min(len(got), len(want))
