@@ -57,17 +57,25 @@ VOCAB_FILES = ("encoder.json", "vocab.bpe", "gpt2.tiktoken")
 EOT = "<|endoftext|>"
 
 
+def refuse(message: str) -> None:
+    """Stop without writing anything: exit status 2 and the reason on stderr."""
+    print(f"refused: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def need(module: str, what: str):
-    """Import ``module`` or stop with a clear message (exit status 2)."""
+    """Import ``module`` or refuse, saying what to install."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        sys.exit(f"refused: '{what}' needs {module} ({e}). Install the outside libraries in a "
-                 "separate venv: pip install torch==2.13.0 transformers tiktoken numpy safetensors "
-                 "regex (see this script's docstring)")
+        refuse(f"'{what}' needs {module} ({e}). Install the outside libraries in a separate venv: "
+               "pip install torch==2.13.0 transformers tiktoken numpy safetensors regex (see this "
+               "script's docstring)")
 
 
 def sha256(path: Path) -> str:
+    if not path.is_file():
+        refuse(f"{path} is missing (the outside copies live in {SHARED}; see its README.md)")
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -86,6 +94,7 @@ def make_hashes() -> None:
     tiktoken = need("tiktoken", "hashes")
     public = need("tiktoken_ext.openai_public", "hashes")
     # 1. the table in shared/data/gpt2/README.md: | `file` | bytes | `sha256` | format |
+    sha256(SHARED_GPT2 / "README.md")                                    # refuses if missing
     readme = (SHARED_GPT2 / "README.md").read_text(encoding="utf-8")
     row = r"^\| `([^`]+)` \| [\d,]+ \| `([0-9a-f]{64})` \|"
     table = dict(re.findall(row, readme, re.M))
@@ -99,7 +108,7 @@ def make_hashes() -> None:
         found = {"shared README": table.get(name), "shared file": sha256(SHARED_GPT2 / name),
                  "tiktoken pin": pins[name]}
         if len(set(found.values())) != 1:
-            sys.exit(f"refused: the outside sources disagree on {name}: {found}")
+            refuse(f"the outside sources disagree on {name}: {found}")
         path = SHARED_GPT2 / name
         files[name] = {"sha256": found["tiktoken pin"], "bytes": path.stat().st_size}
         print(f"  {name}: {found['tiktoken pin']} ({path.stat().st_size:,} bytes), 3 sources agree")
@@ -311,7 +320,7 @@ def text_lines(rng: random.Random) -> list[str]:
     fields = ("instruction", "input", "output")
     inst = [ln for e in entries for k in fields for ln in e[k].split("\n")]
     if sha256(SMS) != SMS_SHA256:
-        sys.exit(f"refused: {SMS} does not have the sha256 /work/shared/data/README.md gives")
+        refuse(f"{SMS} does not have the sha256 /work/shared/data/README.md gives")
     with open(SMS, encoding="utf-8", newline="") as f:
         sms = [ln.split("\t", 1)[1] for ln in f.read().split("\n") if "\t" in ln]
     inst = [ln for ln in inst if ln]
@@ -323,6 +332,7 @@ def make_lines(seed: int = 0) -> None:
     from tiktoken.load import load_tiktoken_bpe
     from tiktoken_ext.openai_public import r50k_pat_str
 
+    sha256(SHARED_GPT2 / "gpt2.tiktoken")                                # refuses if missing
     ranks = load_tiktoken_bpe(str(SHARED_GPT2 / "gpt2.tiktoken"))   # no download: a local path
     enc = tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
                             special_tokens={EOT: 50256}, explicit_n_vocab=50257)
@@ -533,7 +543,7 @@ def book_gpt(torch, weights: dict):
         put(model.out_head.weight, w["lm_head.weight"], "lm_head.weight")       # (V, C) both
     n_torch = sum(p.numel() for p in model.parameters())
     if n_torch != sum(v.size for v in weights.values()):
-        sys.exit(f"refused: the book model has {n_torch} parameters, the weights "
+        refuse(f"the book model has {n_torch} parameters, the weights "
                  f"{sum(v.size for v in weights.values())}")
     return model, grads
 
@@ -559,7 +569,7 @@ def transformers_gpt(torch, transformers, weights: dict):
             else:
                 p.copy_(torch.from_numpy(weights[key]))
     if params["lm_head.weight"].data_ptr() == params["transformer.wte.weight"].data_ptr():
-        sys.exit("refused: transformers tied the head although tie_word_embeddings=False")
+        refuse("transformers tied the head although tie_word_embeddings=False")
     return model
 
 
@@ -597,13 +607,13 @@ def make_model(seed: int = 0) -> None:
         return float(np.abs(a - b).max() / np.abs(b).max())
 
     if set(h_grads) != set(grads) or set(grads) != set(weights):
-        sys.exit(f"refused: parameter names differ: {sorted(set(h_grads) ^ set(grads))}")
+        refuse(f"parameter names differ: {sorted(set(h_grads) ^ set(grads))}")
     errs = [rel(h_logits, logits), rel(h_loss, loss)] + [rel(h_grads[k], grads[k]) for k in grads]
     worst = max(errs)
     print(f"  book-structured torch model vs transformers GPT2LMHeadModel: worst rel err "
           f"{worst:.1e}")
     if worst > 1e-12:
-        sys.exit("refused: the two PyTorch models disagree")
+        refuse("the two PyTorch models disagree")
     tensors = {"idx": idx, "targets": targets, "logits": logits, "loss": loss.astype(np.float64)}
     tensors |= {"weight." + k: v for k, v in weights.items()}
     tensors |= {"grad." + k: v for k, v in grads.items()}
