@@ -140,6 +140,9 @@ def test_tiktoken_line_check_can_fail(tok, lines):
     rows[k][1][len(rows[k][1]) // 2] += 1                                     # one id, off by one
     assert line_mismatches(tok.encode_ordinary, rows) == [k]
     texts = [t for t, _ in lines["lines"]]
+    special = [[texts[i], list(ids)] for i, ids in lines["special"][:20]]
+    special[5][1][special[5][1].index(50256)] = 50255                        # one special id
+    assert line_mismatches(lambda s: tok.encode(s, allowed_special={EOT}), special) == [5]
     start, stop, ordinary, _ = lines["chunks"][0]
     assert tok.encode_ordinary(chunk_text(texts, start, stop)) != ordinary[:-1] + [ordinary[-1] + 1]
 
