@@ -300,6 +300,121 @@ def _truncate_log(path: Path, step: int) -> None:
     write_text_atomic(path, "".join(k + "\n" for k in keep))
 
 
+@dataclass
+class _Position:
+    """Where a run is: everything besides the model and the optimizer that a resume must restore."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    loader_state: Any = None
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+
+
+def _total_steps(s: TrainSettings, n_batches: int) -> int:
+    """The number of optimizer steps the settings ask for, after checking them."""
+    if n_batches == 0:
+        raise ValueError("the training loader yields no batches: the text is shorter than one "
+                         "batch of windows; use a longer text, a smaller --batch-size or "
+                         "--context-length")
+    total = s.max_steps if s.max_steps is not None else s.epochs * n_batches
+    if total < 1:
+        raise ValueError(f"nothing to train: {s.epochs} epochs x {n_batches} batches, max_steps={s.max_steps}")
+    if s.eval_freq < 1 or s.eval_iter < 1:
+        raise ValueError(f"eval_freq and eval_iter must be >= 1, got {s.eval_freq}, {s.eval_iter}")
+    if s.checkpoint_every is not None and s.checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1 (or None), got {s.checkpoint_every}")
+    return total
+
+
+def _resume(ckpt_dir: Path | None, model: Any, optimizer: Any, train_loader: Any, pos: _Position,
+            res: TrainResult, out: Callable[[str], None]) -> None:
+    """Load the latest checkpoint of ``ckpt_dir`` into the model, the optimizer, ``pos`` and ``res``."""
+    if ckpt_dir is None:
+        raise ValueError("resume needs a checkpoint directory (--checkpoint-dir)")
+    if not list_checkpoints(ckpt_dir):
+        out(f"no checkpoint in {ckpt_dir} yet: starting a new run")
+        return
+    meta = load_checkpoint(ckpt_dir, model, optimizer)
+    st = meta["state"]["train"]
+    set_rng_state(pos.rng, st["rng"])
+    pos.epoch, pos.batch_in_epoch, pos.loader_state = st["epoch"], st["batch_in_epoch"], st["loader_state"]
+    if pos.loader_state is not None:
+        train_loader.load_state_dict(pos.loader_state)
+    res.step, res.tokens_seen = meta["step"], st["tokens_seen"]
+    for k in ("train_losses", "val_losses", "track_tokens_seen", "eval_steps"):
+        setattr(res, k, list(st[k]))
+    _truncate_log(ckpt_dir / LOG_FILE, res.step)
+    out(f"resumed from {meta['path']} at step {res.step} (epoch {pos.epoch + 1}, "
+        f"batch {pos.batch_in_epoch}/{len(train_loader)})")
+
+
+def _checkpoint_state(pos: _Position, res: TrainResult, s: TrainSettings,
+                      extra_state: dict[str, Any] | None) -> dict[str, Any]:
+    """The JSON part of a checkpoint: the run's position, its history and settings."""
+    return {
+        "train": {
+            "epoch": pos.epoch, "batch_in_epoch": pos.batch_in_epoch,
+            "loader_state": pos.loader_state, "rng": rng_state(pos.rng),
+            "tokens_seen": res.tokens_seen, "train_losses": res.train_losses,
+            "val_losses": res.val_losses, "track_tokens_seen": res.track_tokens_seen,
+            "eval_steps": res.eval_steps, "settings": s.to_dict(),
+        },
+        **(extra_state or {}),
+    }
+
+
+def _optimizer_step(model: Any, optimizer: Any, x: np.ndarray, y: np.ndarray, lr: float,
+                    clip: float | None, rng: np.random.Generator,
+                    last_good: Callable[[], str | None], step: int) -> tuple[float, float]:
+    """One update: forward, loss, backward, (clipping), AdamW. Returns (loss, gradient norm).
+
+    The global gradient norm (before clipping) is always measured: one cheap pass that also catches
+    an overflow in the backward while the loss is still finite. A non-finite loss or norm raises
+    before AdamW runs, so the weights never see it.
+    """
+    optimizer.lr = lr
+    loss, _ = model.loss_and_grads(x, y, rng=rng)
+    norm = clip_grad_norm_(model, clip) if clip is not None else grad_norm(model)
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        raise NonFiniteLossError(
+            f"the loss became {loss} (gradient norm {norm}) at step {step} (lr {lr:.3g}); the "
+            f"parameters were not updated with it. Last good checkpoint: {last_good() or 'none'}. "
+            "Try a lower --lr, a warmup (--warmup-steps) or gradient clipping (--clip 1.0)")
+    optimizer.step(model.flat_grads)
+    return loss, norm
+
+
+def _last_good(res: TrainResult, ckpt_dir: Path | None) -> str | None:
+    if res.checkpoint:
+        return res.checkpoint
+    saved = list_checkpoints(ckpt_dir) if ckpt_dir else []
+    return str(saved[-1]) if saved else None
+
+
+def _evaluate(model: Any, eval_loader: Any, val_loader: Any, s: TrainSettings, res: TrainResult,
+              step: int, epoch: int, record: dict[str, Any], log_path: Path | None,
+              out: Callable[[str], None]) -> None:
+    """The book's evaluation: train and val loss over ``eval_iter`` batches, printed and logged."""
+    tl, vl = evaluate_model(model, eval_loader, val_loader, s.eval_iter)
+    res.train_losses.append(tl)
+    res.val_losses.append(vl)
+    res.track_tokens_seen.append(res.tokens_seen)
+    res.eval_steps.append(step)
+    out(f"Ep {epoch + 1} (Step {step:06d}): Train loss {tl:.3f}, Val loss {vl:.3f}")
+    _log(log_path, {"step": step, "epoch": epoch + 1, "tokens_seen": res.tokens_seen,
+                    "train_loss": tl, "val_loss": vl, **record})
+
+
+def _batches(train_loader: Any, pos: _Position):
+    """The batches of the current epoch not used yet (a resumed run skips the ones it used)."""
+    if pos.batch_in_epoch == 0:
+        pos.loader_state = train_loader.state_dict() if hasattr(train_loader, "state_dict") else None
+    it = iter(train_loader)
+    for _ in range(pos.batch_in_epoch):
+        next(it)
+    return it
+
+
 def train(
     model: Any,
     optimizer: Any,
@@ -328,153 +443,70 @@ def train(
     """
     s = settings or TrainSettings()
     n_batches = len(train_loader)
-    if n_batches == 0:
-        raise ValueError("the training loader yields no batches: the text is shorter than one "
-                         "batch of windows; use a longer text, a smaller --batch-size or "
-                         "--context-length")
-    total_steps = s.max_steps if s.max_steps is not None else s.epochs * n_batches
-    if total_steps < 1:
-        raise ValueError(f"nothing to train: {s.epochs} epochs x {n_batches} batches, max_steps={s.max_steps}")
-    if s.eval_freq < 1 or s.eval_iter < 1:
-        raise ValueError(f"eval_freq and eval_iter must be >= 1, got {s.eval_freq}, {s.eval_iter}")
-    if s.checkpoint_every is not None and s.checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1 (or None), got {s.checkpoint_every}")
+    total_steps = _total_steps(s, n_batches)
     eval_loader = train_eval_loader if train_eval_loader is not None else train_loader
     out = print_fn or print
-    # every process must run the same (cached) kernel code for an exact resume: minigpt/kernel_cache.py
+    # every process must run the same (cached) kernel code for an exact resume: kernel_cache.py
     cached = warm_kernel_cache(model.flat_params.dtype.type, print_fn=out)
     ckpt_dir = Path(s.checkpoint_dir) if s.checkpoint_dir else None
     log_path = ckpt_dir / LOG_FILE if ckpt_dir else None
     if ckpt_dir:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-
-    rng = np.random.default_rng(s.seed)  # dropout
+    pos = _Position(rng=np.random.default_rng(s.seed))   # the rng draws the dropout masks
+    pos.loader_state = train_loader.state_dict() if hasattr(train_loader, "state_dict") else None
     res = TrainResult()
-    epoch, batch_in_epoch = 0, 0
-    loader_state = train_loader.state_dict() if hasattr(train_loader, "state_dict") else None
     if resume:
-        if ckpt_dir is None:
-            raise ValueError("resume needs a checkpoint directory (--checkpoint-dir)")
-        if list_checkpoints(ckpt_dir):
-            meta = load_checkpoint(ckpt_dir, model, optimizer)
-            st = meta["state"]["train"]
-            set_rng_state(rng, st["rng"])
-            epoch, batch_in_epoch = st["epoch"], st["batch_in_epoch"]
-            loader_state = st["loader_state"]
-            if loader_state is not None:
-                train_loader.load_state_dict(loader_state)
-            res.step, res.tokens_seen = meta["step"], st["tokens_seen"]
-            for k in ("train_losses", "val_losses", "track_tokens_seen", "eval_steps"):
-                setattr(res, k, list(st[k]))
-            if log_path:
-                _truncate_log(log_path, res.step)
-            out(f"resumed from {meta['path']} at step {res.step} (epoch {epoch + 1}, "
-                f"batch {batch_in_epoch}/{n_batches})")
-        else:
-            out(f"no checkpoint in {ckpt_dir} yet: starting a new run")
+        _resume(ckpt_dir, model, optimizer, train_loader, pos, res, out)
     elif log_path and log_path.exists():
         log_path.unlink()  # a fresh run starts a fresh log
 
-    def checkpoint_state() -> dict[str, Any]:
-        return {
-            "train": {
-                "epoch": epoch, "batch_in_epoch": batch_in_epoch, "loader_state": loader_state,
-                "rng": rng_state(rng), "tokens_seen": res.tokens_seen,
-                "train_losses": res.train_losses, "val_losses": res.val_losses,
-                "track_tokens_seen": res.track_tokens_seen, "eval_steps": res.eval_steps,
-                "settings": s.to_dict(),
-            },
-            **(extra_state or {}),
-        }
-
     def save() -> None:
         if ckpt_dir is not None:
-            res.checkpoint = str(save_checkpoint(ckpt_dir, model, optimizer, step=res.step,
-                                                 state=checkpoint_state(), keep_last=s.keep_last))
+            res.checkpoint = str(save_checkpoint(ckpt_dir, model, optimizer, step=res.step, keep_last=s.keep_last,
+                                                 state=_checkpoint_state(pos, res, s, extra_state)))
 
-    bar = None
-    if s.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_steps, initial=min(res.step, total_steps), unit="step",
-                   dynamic_ncols=True, leave=True)
-        out = print_fn or bar.write
-    t_start = time.perf_counter()
-    tokens_this_run = 0
-    peak_lr = s.lr
-    initial_lr = s.initial_lr if s.initial_lr is not None else peak_lr / max(1, s.warmup_steps)
+    bar = _progress_bar(s, total_steps, res.step)
+    out = print_fn or (bar.write if bar is not None else print)
+    initial_lr = s.initial_lr if s.initial_lr is not None else s.lr / max(1, s.warmup_steps)
+    t_start, tokens_this_run = time.perf_counter(), 0
+    max_epochs = s.epochs if s.max_steps is None else math.inf
     try:
         with _StopFlag(out) as stop:
-            while res.step < total_steps and epoch < (s.epochs if s.max_steps is None else math.inf):
-                if batch_in_epoch == 0:
-                    loader_state = train_loader.state_dict() if hasattr(train_loader, "state_dict") else None
-                it = iter(train_loader)
-                for _ in range(batch_in_epoch):  # resume mid-epoch: skip the batches already used
-                    next(it)
-                for x, y in it:
+            while res.step < total_steps and pos.epoch < max_epochs:
+                for x, y in _batches(train_loader, pos):
                     if res.step >= total_steps or stop.requested:
                         break
                     t0 = time.perf_counter()
-                    lr = lr_at(res.step, peak_lr, total_steps, s.warmup_steps, initial_lr, s.min_lr)
-                    optimizer.lr = lr
-                    loss, _ = model.loss_and_grads(x, y, rng=rng)
-                    # the global gradient norm (before clipping) is always measured: one cheap
-                    # pass that also catches an overflow in the backward while the loss is finite
-                    if s.clip is not None and res.step >= s.warmup_steps:
-                        norm = clip_grad_norm_(model, s.clip)
-                    else:
-                        norm = grad_norm(model)
-                    if not (math.isfinite(loss) and math.isfinite(norm)):
-                        last = res.checkpoint or (str(list_checkpoints(ckpt_dir)[-1])
-                                                  if ckpt_dir and list_checkpoints(ckpt_dir) else None)
-                        raise NonFiniteLossError(
-                            f"the loss became {loss} (gradient norm {norm}) at step {res.step} "
-                            f"(lr {lr:.3g}); the parameters "
-                            f"were not updated with it. Last good checkpoint: {last or 'none'}. Try a "
-                            "lower --lr, a warmup (--warmup-steps) or gradient clipping (--clip 1.0)")
-                    optimizer.step(model.flat_grads)
-                    dt = time.perf_counter() - t0
-                    res.train_seconds += dt
+                    lr = lr_at(res.step, s.lr, total_steps, s.warmup_steps, initial_lr, s.min_lr)
+                    clip = s.clip if res.step >= s.warmup_steps else None   # appendix D
+                    loss, norm = _optimizer_step(model, optimizer, x, y, lr, clip, pos.rng,
+                                                 lambda: _last_good(res, ckpt_dir), res.step)
+                    res.train_seconds += time.perf_counter() - t0
                     res.tokens_seen += int(np.asarray(x).size)
                     tokens_this_run += int(np.asarray(x).size)
-                    batch_in_epoch += 1
-                    global_step = res.step  # the book's 0-based index of this update
-                    res.step += 1
+                    pos.batch_in_epoch += 1
+                    step, res.step = res.step, res.step + 1   # step: the book's 0-based index
+                    tok_s = tokens_this_run / max(res.train_seconds, 1e-9)
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}",
-                                        tok_s=f"{tokens_this_run / max(res.train_seconds, 1e-9):.0f}")
-                    if global_step % s.eval_freq == 0:
-                        tl, vl = evaluate_model(model, eval_loader, val_loader, s.eval_iter)
-                        res.train_losses.append(tl)
-                        res.val_losses.append(vl)
-                        res.track_tokens_seen.append(res.tokens_seen)
-                        res.eval_steps.append(global_step)
-                        out(f"Ep {epoch + 1} (Step {global_step:06d}): Train loss {tl:.3f}, "
-                            f"Val loss {vl:.3f}")
-                        _log(log_path, {"step": global_step, "epoch": epoch + 1,
-                                        "tokens_seen": res.tokens_seen, "train_loss": tl,
-                                        "val_loss": vl, "lr": lr, "batch_loss": loss,
-                                        "grad_norm": norm,
-                                        "tokens_per_s": tokens_this_run / max(res.train_seconds, 1e-9)})
+                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
+                    if step % s.eval_freq == 0:
+                        _evaluate(model, eval_loader, val_loader, s, res, step, pos.epoch,
+                                  {"lr": lr, "batch_loss": loss, "grad_norm": norm,
+                                   "tokens_per_s": tok_s}, log_path, out)
                     if s.checkpoint_every and res.step % s.checkpoint_every == 0 and res.step < total_steps:
                         save()
-                if stop.requested or res.step >= total_steps and batch_in_epoch < n_batches:
+                if stop.requested or res.step >= total_steps and pos.batch_in_epoch < n_batches:
                     break
-                # the epoch is complete
-                epoch += 1
-                batch_in_epoch = 0
+                pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0          # the epoch is complete
                 if tokenizer is not None and s.sample_tokens > 0 and (
-                        epoch % max(1, s.sample_every) == 0 or res.step >= total_steps):
+                        pos.epoch % max(1, s.sample_every) == 0 or res.step >= total_steps):
                     generate_and_print_sample(model, tokenizer, s.start_context, s.sample_tokens, out)
+            res.status = "interrupted" if stop.requested else "done"
+            save()
             if stop.requested:
-                res.status = "interrupted"
-                save()
                 out(f"interrupted at step {res.step}; resume with --resume"
                     + (f" (checkpoint {res.checkpoint})" if res.checkpoint else ""))
-            else:
-                res.status = "done"
-                save()
     finally:
         if bar is not None:
             bar.close()
@@ -486,6 +518,16 @@ def train(
     if cached:
         check_still_cached(out)
     return res
+
+
+def _progress_bar(s: TrainSettings, total_steps: int, step: int):
+    """A tqdm bar over the run's steps (None when ``s.progress`` is off)."""
+    if not s.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total_steps, initial=min(step, total_steps), unit="step", dynamic_ncols=True,
+                leave=True)
 
 
 def train_model_simple(model: Any, train_loader: Any, val_loader: Any, optimizer: Any,
