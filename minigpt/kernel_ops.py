@@ -42,7 +42,18 @@ from minigpt.layers import (  # no kernel: the layer function is used as it is
     softmax_backward,
 )
 
-__all__ = list(_layers.__all__)
+# the names of minigpt.layers.__all__, every one (tests/test_kernels_ops.py checks)
+__all__ = [
+    "embedding_forward", "embedding_backward",
+    "dropout_forward", "dropout_backward",
+    "layernorm_forward", "layernorm_backward",
+    "linear_forward", "linear_backward",
+    "gelu_forward", "gelu_backward",
+    "softmax", "softmax_backward", "causal_softmax",
+    "attention_forward", "attention_backward", "attention_step",
+    "cross_entropy",
+    "adamw_step",
+]
 
 PAIRS = {name: (getattr(_layers, name), globals()[name]) for name in __all__
          if globals()[name] is not getattr(_layers, name)}
