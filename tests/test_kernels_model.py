@@ -30,6 +30,14 @@ def test_model_gradcheck_on_both_backends(name, cfg):
     assert not bad, bad
 
 
+@pytest.mark.parametrize("name", ["numba", "numpy"])
+@pytest.mark.parametrize("case", list(gc.LAYER_CASES))
+def test_layer_gradchecks_on_both_backends(name, case):
+    with backend.use(name):
+        results = gc.check_layer(case)
+    assert results and all(r.passed for r in results), [r for r in results if not r.passed]
+
+
 def _grads(name, dtype, rng_seed=None):
     cfg = GPTConfig(vocab_size=37, context_length=12, emb_dim=24, n_heads=3, n_layers=2,
                     drop_rate=0.1 if rng_seed is not None else 0.0, qkv_bias=True, tie_weights=True)
