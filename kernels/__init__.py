@@ -1,10 +1,24 @@
-"""Compute kernels for minigpt: for each hot op a readable NumPy reference (``*_numpy``) and a
-Numba kernel (``*_numba``) with the same signature, float32 and float64, dtype-preserving.
+"""Numba kernels for minigpt, each module mirroring a layer of ``minigpt/layers``: the same function
+names, signatures and caches, float32 and float64, dtype-preserving.
 
-No model knowledge lives here: the model's layers (``minigpt/layers``) call these through
-``minigpt.backend`` when the Numba path is on (``MINIGPT_KERNELS=numba``, the default).
+    kernels/layernorm.py      layernorm_forward, layernorm_backward
+    kernels/gelu.py           gelu_forward, gelu_backward
+    kernels/linear.py         linear_forward, linear_backward        (products split by kernels.blas)
+    kernels/attention.py      attention_forward, attention_backward, attention_step
+                              (+ kernels/attention_blas.py, the BLAS variant for T >= BLAS_MIN_T)
+    kernels/softmax.py        causal_softmax
+    kernels/cross_entropy.py  cross_entropy
+    kernels/embedding.py      embedding_backward
+    kernels/adamw.py          adamw_step
+    kernels/matmul.py         matmul (teaching kernel and bench row; the model uses BLAS)
 
-``PAIRS`` maps each op name to its (numpy, numba) pair; tests and benchmarks walk it.
+There is no NumPy copy here: the reference of each kernel is the layer function of the same name,
+and the tests hold every kernel to it. The ops that have no kernel (``embedding_forward``, the
+dropout pair, ``softmax``, ``softmax_backward``) are re-exported from the layers by
+``minigpt/kernel_ops.py``, the namespace ``minigpt.backend.ops()`` returns on the "numba" path.
+This package imports only NumPy, Numba and its own modules (never ``minigpt``), so importing it
+can never cycle back into the model.
+
 Kernels compile lazily on first use (one specialisation per dtype/layout actually used) and
 cache their machine code on disk (``cache=True``), so a second process loads instead of compiling.
 Threads: see ``kernels.blas`` (products) and the threading-layer note below; docs/kernels.md.
@@ -24,59 +38,3 @@ from numba import config as _numba_config
 # any parallel kernel runs (the layer is fixed at the first parallel launch).
 if "NUMBA_THREADING_LAYER" not in os.environ:
     _numba_config.THREADING_LAYER = "workqueue"
-
-from kernels.adamw import adamw_step_numba, adamw_step_numpy, sumsq_numba, sumsq_numpy
-from kernels.attention import (
-    attention_backward_numba,
-    attention_backward_numpy,
-    attention_forward_numba,
-    attention_forward_numpy,
-)
-from kernels.attention_blas import attention_backward_blas, attention_forward_blas
-from kernels.cross_entropy import cross_entropy_numba, cross_entropy_numpy
-from kernels.embedding import embedding_backward_numba, embedding_backward_numpy
-from kernels.gelu import (
-    gelu_backward_numba,
-    gelu_backward_numpy,
-    gelu_forward_numba,
-    gelu_forward_numpy,
-)
-from kernels.layernorm import (
-    layernorm_backward_numba,
-    layernorm_backward_numpy,
-    layernorm_forward_numba,
-    layernorm_forward_numpy,
-)
-from kernels.matmul import matmul_numba, matmul_numpy
-from kernels.softmax import (
-    causal_softmax_backward_numba,
-    causal_softmax_backward_numpy,
-    causal_softmax_forward_numba,
-    causal_softmax_forward_numpy,
-)
-
-PAIRS = {
-    "causal_softmax_forward": (causal_softmax_forward_numpy, causal_softmax_forward_numba),
-    "causal_softmax_backward": (causal_softmax_backward_numpy, causal_softmax_backward_numba),
-    "attention_forward": (attention_forward_numpy, attention_forward_numba),
-    "attention_backward": (attention_backward_numpy, attention_backward_numba),
-    "layernorm_forward": (layernorm_forward_numpy, layernorm_forward_numba),
-    "layernorm_backward": (layernorm_backward_numpy, layernorm_backward_numba),
-    "gelu_forward": (gelu_forward_numpy, gelu_forward_numba),
-    "gelu_backward": (gelu_backward_numpy, gelu_backward_numba),
-    "cross_entropy": (cross_entropy_numpy, cross_entropy_numba),
-    "embedding_backward": (embedding_backward_numpy, embedding_backward_numba),
-    "adamw_step": (adamw_step_numpy, adamw_step_numba),
-    "sumsq": (sumsq_numpy, sumsq_numba),
-    "matmul": (matmul_numpy, matmul_numba),
-}
-
-# Same contracts as the attention pair, products in BLAS (faster at training shapes; see
-# kernels/attention_blas.py). Held to the NumPy twins by tests/test_kernels_attention_blas.py.
-VARIANTS = {
-    "attention_forward": attention_forward_blas,
-    "attention_backward": attention_backward_blas,
-}
-
-__all__ = ["PAIRS", "VARIANTS"] + [f.__name__ for pair in PAIRS.values() for f in pair] + [
-    f.__name__ for f in VARIANTS.values()]

@@ -1,5 +1,7 @@
-"""AdamW over one flat parameter buffer (PyTorch ``torch.optim.AdamW`` semantics), and the
-sum of squares used for global-norm gradient clipping.
+"""AdamW over one flat parameter buffer (PyTorch ``torch.optim.AdamW`` semantics): the kernel of
+``minigpt.layers.adamw.adamw_step`` (same name and signature), one fused pass over the four
+buffers instead of the reference's chunked NumPy passes. Also ``sumsq``, a parallel float64 sum
+of squares (a teaching kernel and bench row; clipping uses NumPy's dot).
 
 For step t >= 1, gradient g scaled by ``grad_scale`` (the clip factor, 1.0 for no clipping):
     p <- p - lr * wd * p                      (decoupled weight decay)
@@ -27,30 +29,6 @@ def _check(p, g, m, v, step):
                              f"got {a.shape} {a.dtype}")
     if step < 1:
         raise ValueError(f"adamw: step counts from 1, got {step}")
-
-
-# ----------------------------------------------------------------------------- NumPy reference
-def adamw_step_numpy(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step,
-                     grad_scale=1.0) -> None:
-    """In-place AdamW update of p, m, v (see module docstring)."""
-    _check(p, g, m, v, step)
-    dt = p.dtype.type
-    gs = g * dt(grad_scale)
-    p *= dt(1.0 - lr * weight_decay)
-    m *= dt(beta1)
-    m += dt(1.0 - beta1) * gs
-    v *= dt(beta2)
-    v += dt(1.0 - beta2) * gs * gs
-    bc1 = 1.0 - beta1 ** step
-    bc2 = 1.0 - beta2 ** step
-    denom = np.sqrt(v) / dt(math.sqrt(bc2)) + dt(eps)
-    p -= dt(lr / bc1) * m / denom
-
-
-def sumsq_numpy(x) -> float:
-    """sum(x**2) accumulated in float64 (for the global gradient norm)."""
-    x = np.asarray(x).reshape(-1)
-    return float(np.dot(x.astype(np.float64), x.astype(np.float64)))
 
 
 # ----------------------------------------------------------------------------- Numba kernels
@@ -84,14 +62,13 @@ def _sumsq(x):
     return acc
 
 
-def adamw_step_numba(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step,
-                     grad_scale=1.0) -> None:
-    """Same contract as :func:`adamw_step_numpy`: one fused pass over the four buffers."""
+def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, grad_scale=1.0) -> None:
+    """In-place AdamW update of p, m, v (see the module docstring): one fused pass."""
     _check(p, g, m, v, step)
     _adamw(p, g, m, v, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
            1.0 - beta1 ** step, 1.0 - beta2 ** step, float(grad_scale))
 
 
-def sumsq_numba(x) -> float:
-    """Same contract as :func:`sumsq_numpy` (parallel float64 reduction)."""
+def sumsq(x) -> float:
+    """sum(x**2) accumulated in float64 (parallel reduction)."""
     return float(_sumsq(np.ascontiguousarray(x).reshape(-1)))

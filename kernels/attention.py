@@ -1,6 +1,17 @@
-"""Causal scaled dot-product attention over heads, forward and backward.
+"""Causal multi-head attention: the kernels of ``minigpt.layers.attention`` (same names, signatures
+and caches: ``attention_forward``, ``attention_backward``, ``attention_step``).
 
-Shapes (any strides: views of a fused ``qkv`` buffer work without copies):
+Each takes the fused qkv (B, T, 3C) like the layer and picks one of two head-level kernels:
+- for T >= ``BLAS_MIN_T`` (training shapes) ``kernels.attention_blas``: products in split BLAS,
+  the causal softmax in Numba (measured faster at T = 128: BLAS does twice the multiply-adds of
+  the causal half at several times the rate);
+- below it, and for KV-cached decoding, the fused per-(b, h) Numba kernels of this file, which
+  compute only the allowed (causal) half; tiny problems run their serial twin (no parallel launch).
+``*_fused`` / ``*_blas`` force one of the two (the tests hold each to the layer; the bench times
+both). The dropout mask is drawn exactly as ``minigpt.layers.dropout`` draws it, so both paths
+see the same mask from the same Generator.
+
+The head-level kernels (any strides: views of a fused ``qkv`` buffer work without copies):
     q: (B, H, Tq, hs)     k, v: (B, H, Tk, hs) with Tk >= Tq
     out: (B, H, Tq, hs)   att: (B, H, Tq, Tk) softmax probabilities, exactly 0 where masked
 Query ``i`` sees keys ``j <= i + (Tk - Tq)`` (the usual lower triangle when Tq == Tk; with a
@@ -23,12 +34,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from kernels import attention_blas
 from kernels._fast32 import exp32
-
-from kernels.softmax import causal_softmax_backward_numpy, causal_softmax_forward_numpy
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 SERIAL_BELOW = 1 << 20   # multiply-adds: smaller problems run the serial twin (decoding)
+BLAS_MIN_T = 32          # from this many positions on, training attention runs attention_blas
 
 
 def _check_qkv(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
@@ -41,42 +52,6 @@ def _check_qkv(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (np.float32, np.float64):
         raise ValueError(f"q, k, v must share one float dtype (float32/float64), got "
                          f"{q.dtype}, {k.dtype}, {v.dtype}")
-
-
-# ----------------------------------------------------------------------------- NumPy reference
-def attention_forward_numpy(q, k, v, out=None, drop_mask=None):
-    """-> (out (B,H,Tq,hs), att (B,H,Tq,Tk)). ``drop_mask`` (B,H,Tq,Tk) multiplies att if given."""
-    _check_qkv(q, k, v)
-    scale = q.dtype.type(1.0 / np.sqrt(q.shape[-1]))
-    scores = (q @ k.swapaxes(-1, -2)) * scale                         # (B,H,Tq,Tk)
-    att = causal_softmax_forward_numpy(scores)                        # (B,H,Tq,Tk)
-    w = att if drop_mask is None else att * drop_mask
-    res = w @ v                                                       # (B,H,Tq,hs)
-    if out is None:
-        return res, att
-    out[...] = res
-    return out, att
-
-
-def attention_backward_numpy(dout, q, k, v, att, drop_mask=None, dq=None, dk=None, dv=None):
-    """-> (dq, dk, dv), written into the given buffers when provided."""
-    _check_qkv(q, k, v)
-    scale = q.dtype.type(1.0 / np.sqrt(q.shape[-1]))
-    w = att if drop_mask is None else att * drop_mask
-    dw = dout @ v.swapaxes(-1, -2)                                    # (B,H,Tq,Tk)
-    dv_ = w.swapaxes(-1, -2) @ dout                                   # (B,H,Tk,hs)
-    datt = dw if drop_mask is None else dw * drop_mask
-    ds = causal_softmax_backward_numpy(datt, att) * scale             # (B,H,Tq,Tk)
-    dq_ = ds @ k                                                      # (B,H,Tq,hs)
-    dk_ = ds.swapaxes(-1, -2) @ q                                     # (B,H,Tk,hs)
-    res = []
-    for buf, val in ((dq, dq_), (dk, dk_), (dv, dv_)):
-        if buf is None:
-            res.append(val)
-        else:
-            buf[...] = val
-            res.append(buf)
-    return tuple(res)
 
 
 # ----------------------------------------------------------------------------- Numba kernels
@@ -240,8 +215,9 @@ def _dummy_mask(dtype) -> np.ndarray:
     return np.ones((1, 1, 1, 1), dtype=dtype)
 
 
-def attention_forward_numba(q, k, v, out=None, drop_mask=None):
-    """Same contract as :func:`attention_forward_numpy`; ``out`` may be any (B,H,Tq,hs) view."""
+def heads_forward(q, k, v, out=None, drop_mask=None):
+    """q (B,H,Tq,hs), k, v (B,H,Tk,hs) -> (out (B,H,Tq,hs), att (B,H,Tq,Tk)); ``out`` may be any
+    (B,H,Tq,hs) view; ``drop_mask`` (B,H,Tq,Tk) multiplies att in the weighted sum if given."""
     _check_qkv(q, k, v)
     B, H, Tq, hs = q.shape
     Tk = k.shape[2]
@@ -256,8 +232,8 @@ def attention_forward_numba(q, k, v, out=None, drop_mask=None):
     return out, att
 
 
-def attention_backward_numba(dout, q, k, v, att, drop_mask=None, dq=None, dk=None, dv=None):
-    """Same contract as :func:`attention_backward_numpy`; dq/dk/dv may be views into one dqkv."""
+def heads_backward(dout, q, k, v, att, drop_mask=None, dq=None, dk=None, dv=None):
+    """-> (dq, dk, dv), written into the given buffers when provided (views into one dqkv)."""
     _check_qkv(q, k, v)
     dq = np.empty(q.shape, dtype=q.dtype) if dq is None else dq
     dk = np.empty(k.shape, dtype=q.dtype) if dk is None else dk
@@ -268,3 +244,83 @@ def attention_backward_numba(dout, q, k, v, att, drop_mask=None, dq=None, dk=Non
               *_strided(v), np.ascontiguousarray(att), mask, use_mask, *_strided(dq),
               *_strided(dk), *_strided(dv))
     return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------- the layer's functions
+def _heads(qkv: np.ndarray, n_heads: int):
+    """qkv (B, T, 3C) -> q, k, v (B, H, T, hs) views (the layer's ``split_heads``)."""
+    if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_heads):
+        raise ValueError(f"attention: qkv must be (B, T, 3C) with C divisible by n_heads="
+                         f"{n_heads}, got shape {qkv.shape}")
+    B, T, C3 = qkv.shape
+    heads = qkv.reshape(B, T, 3, n_heads, C3 // (3 * n_heads)).transpose(2, 0, 3, 1, 4)
+    return heads[0], heads[1], heads[2]
+
+
+def _forward(qkv, n_heads, drop_rate, rng, blas: bool):
+    q, k, v = _heads(qkv, n_heads)                                    # (B, H, T, hs) views
+    _check_qkv(q, k, v)
+    B, H, T, hs = q.shape
+    drop_mask = None
+    if rng is not None and drop_rate > 0.0:                           # dropout_forward's mask
+        keep = rng.random((B, H, T, T)) >= drop_rate
+        drop_mask = keep.astype(qkv.dtype) * qkv.dtype.type(1.0 / (1.0 - drop_rate))
+    out = np.empty((B, T, H, hs), dtype=qkv.dtype)                    # written in place
+    fwd = attention_blas.heads_forward if blas else heads_forward
+    _, a = fwd(q, k, v, out=out.transpose(0, 2, 1, 3), drop_mask=drop_mask)
+    scale = qkv.dtype.type(1.0 / np.sqrt(hs))
+    return out.reshape(B, T, H * hs), (q, k, v, a, drop_mask, scale)
+
+
+def _backward(dout, cache, blas: bool):
+    q, k, v, a, drop_mask, _ = cache
+    B, H, T, hs = q.shape
+    _check_qkv(q, k, v)
+    dqkv = np.empty((B, T, 3, H, hs), dtype=q.dtype)                  # dq, dk, dv written in place
+    d = dqkv.transpose(2, 0, 3, 1, 4)                                 # (3, B, H, T, hs) views
+    dy = dout.reshape(B, T, H, hs).transpose(0, 2, 1, 3)              # (B, H, T, hs)
+    bwd = attention_blas.heads_backward if blas else heads_backward
+    bwd(dy, q, k, v, a, drop_mask=drop_mask, dq=d[0], dk=d[1], dv=d[2])
+    return dqkv.reshape(B, T, 3 * H * hs)
+
+
+def attention_forward(qkv, n_heads, drop_rate=0.0, rng=None):
+    """The layer's ``attention_forward``: qkv (B, T, 3C) -> (out (B, T, C), cache), same cache."""
+    return _forward(qkv, n_heads, drop_rate, rng, blas=qkv.shape[1] >= BLAS_MIN_T)
+
+
+def attention_backward(dout, cache):
+    """The layer's ``attention_backward``: dout (B, T, C) -> dqkv (B, T, 3C)."""
+    return _backward(dout, cache, blas=cache[0].shape[2] >= BLAS_MIN_T)
+
+
+def attention_forward_fused(qkv, n_heads, drop_rate=0.0, rng=None):
+    """``attention_forward`` on the fused head kernels whatever T."""
+    return _forward(qkv, n_heads, drop_rate, rng, blas=False)
+
+
+def attention_backward_fused(dout, cache):
+    """``attention_backward`` on the fused head kernels whatever T."""
+    return _backward(dout, cache, blas=False)
+
+
+def attention_forward_blas(qkv, n_heads, drop_rate=0.0, rng=None):
+    """``attention_forward`` on the BLAS head kernels whatever T."""
+    return _forward(qkv, n_heads, drop_rate, rng, blas=True)
+
+
+def attention_backward_blas(dout, cache):
+    """``attention_backward`` on the BLAS head kernels whatever T."""
+    return _backward(dout, cache, blas=True)
+
+
+def attention_step(qkv, n_heads, k_cache, v_cache, t0):
+    """The layer's ``attention_step`` (KV-cached inference): qkv (B, T, 3C) of the new positions
+    t0 .. t0+T-1 -> (B, T, C); writes their keys and values into k_cache, v_cache at t0."""
+    q, k_new, v_new = _heads(qkv, n_heads)                            # (B, H, T, hs)
+    B, H, T, hs = q.shape
+    k_cache[:, :, t0:t0 + T] = k_new
+    v_cache[:, :, t0:t0 + T] = v_new
+    out = np.empty((B, T, H, hs), dtype=qkv.dtype)
+    heads_forward(q, k_cache[:, :, :t0 + T], v_cache[:, :, :t0 + T], out=out.transpose(0, 2, 1, 3))
+    return out.reshape(B, T, H * hs)

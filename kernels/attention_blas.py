@@ -1,7 +1,8 @@
-"""Causal attention with its four products in BLAS and the softmax in Numba (training shapes).
+"""Causal attention over heads with its four products in BLAS and the softmax in Numba: the variant
+``kernels.attention`` picks for training shapes (T >= ``BLAS_MIN_T``).
 
-Same contract as ``kernels.attention`` (q (B,H,Tq,hs), k, v (B,H,Tk,hs), any strides; att
-(B,H,Tq,Tk) with exact zeros where masked), different split of the work:
+Same contract as the fused head kernels of ``kernels.attention`` (q (B,H,Tq,hs), k, v (B,H,Tk,hs),
+any strides; att (B,H,Tq,Tk) with exact zeros where masked), different split of the work:
 
     s   = q k^T            batched BLAS, all Tk columns (the masked half is computed, then ignored)
     att = causal_softmax(s * scale)     Numba, row-parallel, in place, masked columns set to 0
@@ -13,27 +14,26 @@ backward:
 The fused per-(b, h) kernel skips the masked half but runs its inner products at scalar-loop speed;
 BLAS does twice the multiply-adds at several times the rate, so for training shapes (T = 128) this
 is the faster one (``minigpt bench``'s kernel table has both rows). Each batched product is split
-over the batch axis into one block per thread by ``kernels.blas.bmm``.
+over the batch axis into one block per thread by ``kernels.blas.bmm``. The callers in
+``kernels.attention`` have checked the operands.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from kernels.attention import _check_qkv
 from kernels.blas import bmm
 from kernels.softmax import _softmax_bwd, _softmax_fwd
 
 
-def attention_forward_blas(q, k, v, out=None, drop_mask=None):
+def heads_forward(q, k, v, out=None, drop_mask=None):
     """-> (out (B,H,Tq,hs), att (B,H,Tq,Tk)); ``out`` may be any (B,H,Tq,hs) view."""
-    _check_qkv(q, k, v)
     B, H, Tq, hs = q.shape
     Tk = k.shape[2]
     s = bmm(q, k.swapaxes(-1, -2))                                    # (B,H,Tq,Tk) contiguous
     s *= q.dtype.type(1.0 / np.sqrt(hs))
     s3 = s.reshape(B * H, Tq, Tk)
-    _softmax_fwd(s3, s3, q.dtype == np.float32)                       # in place: s becomes att
+    _softmax_fwd(s3, s3, q.dtype == np.float32, Tk - Tq)              # in place: s becomes att
     w = s if drop_mask is None else s * drop_mask
     if out is None:
         out = np.empty((B, H, Tq, hs), dtype=q.dtype)
@@ -41,9 +41,8 @@ def attention_forward_blas(q, k, v, out=None, drop_mask=None):
     return out, s
 
 
-def attention_backward_blas(dout, q, k, v, att, drop_mask=None, dq=None, dk=None, dv=None):
+def heads_backward(dout, q, k, v, att, drop_mask=None, dq=None, dk=None, dv=None):
     """-> (dq, dk, dv), written into the given (B,H,T,hs) views when provided."""
-    _check_qkv(q, k, v)
     B, H, Tq, hs = q.shape
     Tk = k.shape[2]
     dq = np.empty(q.shape, dtype=q.dtype) if dq is None else dq
@@ -56,7 +55,7 @@ def attention_backward_blas(dout, q, k, v, att, drop_mask=None, dq=None, dk=None
     if drop_mask is not None:
         dw *= drop_mask
     dw3 = dw.reshape(B * H, Tq, Tk)
-    _softmax_bwd(dw3, att.reshape(B * H, Tq, Tk), dw3)                # in place: dw becomes ds
+    _softmax_bwd(dw3, att.reshape(B * H, Tq, Tk), dw3, Tk - Tq)       # in place: dw becomes ds
     dw *= q.dtype.type(1.0 / np.sqrt(hs))
     bmm(dw, k, out=dq)                                                # (B,H,Tq,hs)
     bmm(dw.swapaxes(-1, -2), q, out=dk)                               # (B,H,Tk,hs)

@@ -1,14 +1,17 @@
-"""Mean cross-entropy over the counted targets and its gradient, in one pass over the logits.
+"""Mean cross-entropy over the counted targets and its gradient, in one pass over the logits: the
+kernel of ``minigpt.layers.loss.cross_entropy`` (same name, signature and result).
 
-Shapes: logits (N, V) (leading dims flattened), targets (N,) int; rows whose target equals
+Shapes: logits (..., V) (leading dims flattened to N rows), targets (...) int; rows whose target equals
 ``ignore_index`` (-100) count neither in the loss nor in the mean, and get a zero gradient.
     M = number of counted rows
     loss = (1/M) sum_n [ logsumexp(z_n) - z_n[t_n] ]
     dlogits_n = (softmax(z_n) - onehot(t_n)) / M      (0 for ignored rows)
-If every row is ignored the loss is NaN (as in PyTorch) and the gradient is zero.
+If every row is ignored there is nothing to average: ValueError, as the layer raises (PyTorch
+returns NaN, which an epoch mean would swallow silently).
 
-``out`` may be the logits array itself: the gradient then overwrites the logits in place, which
-for GPT-2's 50257-word head saves a (B*T, V) buffer.
+``inplace=True`` (C-contiguous logits) writes the gradient over the logits, which for GPT-2's
+50257-word head saves a (B*T, V) buffer. ``grad=False`` still runs the one-pass kernel (into a
+scratch buffer, or over the logits with ``inplace``) and returns ``(loss, None)``.
 """
 
 from __future__ import annotations
@@ -34,28 +37,11 @@ def _check(logits: np.ndarray, targets: np.ndarray, ignore_index: int):
     counted = t != ignore_index
     if np.any((t[counted] < 0) | (t[counted] >= V)):
         raise ValueError(f"cross_entropy: target ids must be in [0, {V}) or {ignore_index}")
-    return z, t.astype(np.int64, copy=False), int(counted.sum())
-
-
-# ----------------------------------------------------------------------------- NumPy reference
-def cross_entropy_numpy(logits, targets, ignore_index=-100, out=None):
-    """-> (loss: float, dlogits with logits' shape and dtype)."""
-    z, t, M = _check(logits, targets, ignore_index)
-    counted = t != ignore_index                                       # (N,)
-    zmax = z.max(axis=-1, keepdims=True)                              # (N, 1)
-    e = np.exp(z - zmax)                                              # (N, V)
-    s = e.sum(axis=-1, keepdims=True)                                 # (N, 1)
-    rows = np.nonzero(counted)[0]
-    lse = (np.log(s[:, 0]) + zmax[:, 0]).astype(np.float64)           # (N,)
-    loss = float(np.sum(lse[rows] - z[rows, t[rows]])) / M if M else float("nan")
-    d = e / s                                                         # (N, V) softmax
-    d[rows, t[rows]] -= 1.0
-    d *= z.dtype.type(1.0 / M) if M else z.dtype.type(0.0)
-    d[~counted] = 0.0
-    if out is None:
-        return loss, d.reshape(logits.shape)
-    out.reshape(d.shape)[...] = d
-    return loss, out
+    M = int(counted.sum())
+    if M == 0:
+        raise ValueError(f"every target equals ignore_index={ignore_index}: there is no position to "
+                         "average the loss over; give at least one real target id")
+    return z, t.astype(np.int64, copy=False), M
 
 
 # ----------------------------------------------------------------------------- Numba kernel
@@ -87,17 +73,15 @@ def _ce(z, t, ignore_index, inv_m, out, row_loss, fast):
         out[n, tn] -= dt(inv_m)
 
 
-def cross_entropy_numba(logits, targets, ignore_index=-100, out=None):
-    """Same contract as :func:`cross_entropy_numpy`; ``out=logits`` computes in place."""
+def cross_entropy(logits, targets, ignore_index=-100, grad=True, inplace=False):
+    """logits (..., V), targets (...) int -> (loss, dlogits (..., V) or None)."""
     z, t, M = _check(logits, targets, ignore_index)
-    z = np.ascontiguousarray(z)
-    if out is None:
-        d = np.empty_like(z)
+    if inplace and logits.flags.c_contiguous:
+        d = z                                                         # (N, V) view of the logits
     else:
-        if not out.flags.c_contiguous or out.shape != logits.shape or out.dtype != z.dtype:
-            raise ValueError("cross_entropy: out must be C-contiguous with logits' shape and dtype")
-        d = out.reshape(z.shape)
+        z = np.ascontiguousarray(z)
+        d = np.empty_like(z)
     row_loss = np.empty(z.shape[0], dtype=np.float64)
-    _ce(z, t, ignore_index, 1.0 / M if M else 0.0, d, row_loss, z.dtype == np.float32)
-    loss = float(row_loss.sum()) / M if M else float("nan")
-    return loss, (d.reshape(logits.shape) if out is None else out)
+    _ce(z, t, ignore_index, 1.0 / M, d, row_loss, z.dtype == np.float32)
+    loss = float(row_loss.sum()) / M
+    return loss, (d.reshape(logits.shape) if grad else None)

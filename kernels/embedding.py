@@ -1,11 +1,12 @@
-"""Embedding backward: scatter-add of the output gradient into the token and position tables.
+"""Embedding backward: the kernel of ``minigpt.layers.embedding.embedding_backward`` (same name,
+signature and cache ``(idx, t0)``); the forward, a gather, has no kernel.
 
-Shapes: dout (B, T, C), idx (B, T) int, dwte (V, C), dwpe (T_max, C) with T <= T_max.
+Shapes: dout (B, T, C), idx (B, T) int, dwte (V, C), dwpe (T_max, C) with t0 + T <= T_max.
     dwte[v] += sum over (b, t) with idx[b, t] == v of dout[b, t]     (repeated ids accumulate)
-    dwpe[t] += sum_b dout[b, t]
-A plain ``dwte[idx] += dout`` would keep only one of the repeated ids (a classic bug); the
-reference uses ``np.add.at``. The Numba kernel gives each parallel iteration its own block of
-columns of dwte (and its own rows of dwpe), so repeated ids never race.
+    dwpe[t0 + t] += sum_b dout[b, t]
+A plain ``dwte[idx] += dout`` would keep only one of the repeated ids (a classic bug); the layer
+uses ``np.add.at``. The Numba kernel gives each parallel iteration its own block of columns of
+dwte (and its own rows of dwpe), so repeated ids never race.
 """
 
 from __future__ import annotations
@@ -32,15 +33,6 @@ def _check(dout, idx, dwte, dwpe):
         raise ValueError("embedding_backward: dwte and dwpe must be C-contiguous")
 
 
-# ----------------------------------------------------------------------------- NumPy reference
-def embedding_backward_numpy(dout, idx, dwte, dwpe) -> None:
-    """Adds into dwte and dwpe in place."""
-    _check(dout, idx, dwte, dwpe)
-    B, T, C = dout.shape
-    np.add.at(dwte, idx.reshape(-1), dout.reshape(-1, C))            # (B*T, C) scattered
-    dwpe[:T] += dout.sum(axis=0)                                      # (T, C)
-
-
 # ----------------------------------------------------------------------------- Numba kernels
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _emb_bwd(d, ids, dwte, dwpe, T, col_block):
@@ -61,8 +53,10 @@ def _emb_bwd(d, ids, dwte, dwpe, T, col_block):
                 dwpe[t, c] += d[n, c]
 
 
-def embedding_backward_numba(dout, idx, dwte, dwpe) -> None:
-    """Same contract as :func:`embedding_backward_numpy` (race-free column-block scatter)."""
+def embedding_backward(dout, cache, dwte, dwpe) -> None:
+    """Adds into dwte (V, C) and dwpe (T_max, C) in place (race-free column-block scatter)."""
+    idx, t0 = cache
+    dwpe = dwpe[t0:]                                                  # rows t0.. (contiguous)
     _check(dout, idx, dwte, dwpe)
     B, T, C = dout.shape
     d = np.ascontiguousarray(dout, dtype=dwte.dtype).reshape(B * T, C)  # (N, C)

@@ -1,10 +1,11 @@
-"""GELU, tanh approximation (GPT-2's), forward and backward, elementwise.
+"""GELU, tanh approximation (GPT-2's), elementwise: the kernels of ``minigpt.layers.gelu`` (same
+names, signatures and cache ``(x, tanh(u))``).
 
     u = sqrt(2/pi) * (x + 0.044715 x^3);   th = tanh(u);   gelu(x) = 0.5 x (1 + th)
     d gelu/dx = 0.5 (1 + th) + 0.5 x (1 - th^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
 
-The forward returns ``(out, th)``; ``(x, th)`` is the cache ``minigpt.layers.gelu`` keeps, so the
-backward needs no transcendental and either backward can consume either forward.
+Keeping th in the cache spares the backward a transcendental; either backward can consume either
+forward.
 """
 
 from __future__ import annotations
@@ -24,23 +25,6 @@ _S2PI = math.sqrt(2.0 / math.pi)
 def _check(x: np.ndarray) -> None:
     if x.dtype not in (np.float32, np.float64):
         raise ValueError(f"gelu: x must be float32 or float64, got {x.dtype}")
-
-
-# ----------------------------------------------------------------------------- NumPy reference
-def gelu_forward_numpy(x):
-    """x (...) -> (gelu(x) (...), th = tanh(u) (...)), same dtype."""
-    _check(x)
-    dt = x.dtype.type
-    th = np.tanh(dt(_S2PI) * (x + dt(0.044715) * x * x * x))
-    return dt(0.5) * x * (dt(1.0) + th), th
-
-
-def gelu_backward_numpy(dout, x, th):
-    """dout, x, th (...) -> dx (...)."""
-    _check(x)
-    dt = x.dtype.type
-    du = dt(_S2PI) * (dt(1.0) + dt(3 * 0.044715) * x * x)
-    return dout * (dt(0.5) * (dt(1.0) + th) + dt(0.5) * x * (dt(1.0) - th * th) * du)
 
 
 # ----------------------------------------------------------------------------- Numba kernels
@@ -81,19 +65,20 @@ def _gelu_bwd(dout, x, th, dx):
         dx[i] = dout[i] * (half * (one + t) + half * xi * (one - t * t) * du)
 
 
-def gelu_forward_numba(x):
-    """Same contract as :func:`gelu_forward_numpy`."""
+def gelu_forward(x):
+    """x (...) -> (out (...), cache (x, th)), same dtype."""
     _check(x)
     xf = np.ascontiguousarray(x).reshape(-1)
     out = np.empty_like(xf)
     th = np.empty_like(xf)
     kernel = _gelu_fwd if xf.size >= SERIAL_BELOW else _gelu_fwd_serial
     kernel(xf, out, th, x.dtype == np.float32)
-    return out.reshape(x.shape), th.reshape(x.shape)
+    return out.reshape(x.shape), (x, th.reshape(x.shape))
 
 
-def gelu_backward_numba(dout, x, th):
-    """Same contract as :func:`gelu_backward_numpy`."""
+def gelu_backward(dout, cache):
+    """dout (...) -> dx (...)."""
+    x, th = cache
     _check(x)
     xf = np.ascontiguousarray(x).reshape(-1)
     df = np.ascontiguousarray(dout, dtype=x.dtype).reshape(-1)

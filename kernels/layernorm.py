@@ -1,10 +1,9 @@
-"""Layer normalisation over the last axis, forward and backward.
+"""Layer normalisation over the last axis: the kernels of ``minigpt.layers.layernorm`` (same names,
+signatures and cache ``(xhat, w, rstd)``, so either backward consumes either forward).
 
 Shapes: x (..., C), w, b (C,); N = prod(leading dims).
     mean = sum_c x / C;  rstd = 1 / sqrt(var + eps) (biased variance);  xhat = (x - mean) * rstd
     out = xhat * w + b
-The forward returns ``(out, xhat, rstd)`` with rstd shaped (..., 1): exactly the cache
-``minigpt.layers.layernorm`` keeps, so either backward can consume either forward.
 backward (adds into dw, db; returns dx):
     db += sum_n dout;   dw += sum_n dout * xhat
     g = dout * w;   dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat))
@@ -29,29 +28,6 @@ def _check(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> None:
                          f"w {w.shape}, b {None if b is None else b.shape}")
     if x.dtype not in (np.float32, np.float64):
         raise ValueError(f"layernorm: x must be float32 or float64, got {x.dtype}")
-
-
-# ----------------------------------------------------------------------------- NumPy reference
-def layernorm_forward_numpy(x, w, b, eps=1e-5):
-    """x (..., C) -> (out (..., C), xhat (..., C), rstd (..., 1))."""
-    _check(x, w, b)
-    mean = x.mean(axis=-1, keepdims=True)                             # (..., 1)
-    xc = x - mean                                                     # (..., C)
-    var = (xc * xc).mean(axis=-1, keepdims=True)                      # (..., 1)
-    rstd = 1.0 / np.sqrt(var + x.dtype.type(eps))                     # (..., 1)
-    xhat = xc * rstd                                                  # (..., C)
-    return xhat * w + b, xhat, rstd
-
-
-def layernorm_backward_numpy(dout, xhat, w, rstd, dw, db):
-    """Adds dL/dw into dw and dL/db into db; returns dx (..., C)."""
-    _check(xhat, w)
-    C = xhat.shape[-1]
-    db += dout.reshape(-1, C).sum(axis=0)                             # (C,)
-    dw += (dout * xhat).reshape(-1, C).sum(axis=0)                    # (C,)
-    g = dout * w                                                      # (..., C)
-    return rstd * (g - g.mean(axis=-1, keepdims=True)
-                   - xhat * (g * xhat).mean(axis=-1, keepdims=True))
 
 
 # ----------------------------------------------------------------------------- Numba kernels
@@ -124,8 +100,8 @@ def _ln_bwd(dout, xhat, w, rstd, dx, dw_part, db_part, rows_per_chunk):
                 dx[n, c] = r * (dout[n, c] * w[c] - sg - xhat[n, c] * sgx)
 
 
-def layernorm_forward_numba(x, w, b, eps=1e-5):
-    """Same contract as :func:`layernorm_forward_numpy`."""
+def layernorm_forward(x, w, b, eps=1e-5):
+    """x (..., C), w, b (C,) -> (out (..., C), cache (xhat (..., C), w, rstd (..., 1)))."""
     _check(x, w, b)
     C = x.shape[-1]
     x2 = np.ascontiguousarray(x).reshape(-1, C)                       # (N, C)
@@ -134,11 +110,12 @@ def layernorm_forward_numba(x, w, b, eps=1e-5):
     rstd = np.empty(x2.shape[0], dtype=x.dtype)
     kernel = _ln_fwd if x2.size >= SERIAL_BELOW else _ln_fwd_serial
     kernel(x2, np.ascontiguousarray(w), np.ascontiguousarray(b), eps, out, xhat, rstd)
-    return out.reshape(x.shape), xhat.reshape(x.shape), rstd.reshape(*x.shape[:-1], 1)
+    return out.reshape(x.shape), (xhat.reshape(x.shape), w, rstd.reshape(*x.shape[:-1], 1))
 
 
-def layernorm_backward_numba(dout, xhat, w, rstd, dw, db):
-    """Same contract as :func:`layernorm_backward_numpy` (race-free chunked dw/db partials)."""
+def layernorm_backward(dout, cache, dw, db):
+    """Adds dL/dw, dL/db into dw, db (C,); returns dx (..., C) (race-free chunked dw/db partials)."""
+    xhat, w, rstd = cache
     _check(xhat, w)
     C = xhat.shape[-1]
     xh = np.ascontiguousarray(xhat).reshape(-1, C)                    # (N, C)

@@ -1,9 +1,9 @@
-"""Dense matrix product C = A @ B: NumPy's BLAS, and a tiled Numba kernel for teaching.
+"""Dense matrix product C = A @ B as a tiled Numba kernel, for teaching (the model uses BLAS).
 
 Shapes: a (M, K), b (K, N) -> (M, N). The Numba kernel gives each parallel iteration a block of
 rows of C (so writes never overlap), walks K in blocks so a panel of B stays in cache, and keeps
 the innermost loop a contiguous axpy over a row of B that LLVM vectorises. It is a benchmark row
-and an explanation, not the default path: ``benchmarks/bench_kernels.py`` measures it against BLAS.
+and an explanation, not the default path: ``minigpt bench`` measures it against NumPy's ``@``.
 """
 
 from __future__ import annotations
@@ -19,12 +19,6 @@ def _check(a, b):
         raise ValueError(f"matmul: need (M, K) @ (K, N), got {a.shape} @ {b.shape}")
     if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
         raise ValueError(f"matmul: a and b must share float32/float64, got {a.dtype}, {b.dtype}")
-
-
-def matmul_numpy(a, b):
-    """(M, K) @ (K, N) -> (M, N) through NumPy's BLAS."""
-    _check(a, b)
-    return a @ b
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -49,8 +43,8 @@ def _matmul_tiled(a, b, c, bm, bk, bn):
                             c[i, j] += aik * b[k, j]
 
 
-def matmul_numba(a, b):
-    """Same contract as :func:`matmul_numpy`, computed by the tiled Numba kernel."""
+def matmul(a, b):
+    """a (M, K) @ b (K, N) -> (M, N), computed by the tiled Numba kernel."""
     _check(a, b)
     a = np.ascontiguousarray(a)
     b = np.ascontiguousarray(b)

@@ -1,14 +1,16 @@
-"""Causal softmax over the last axis, skipping the masked (future) columns.
+"""Causal softmax over the last axis, skipping the masked (future) columns: the Numba kernel of
+``minigpt.layers.attention.causal_softmax`` (same name, signature and result), and the row kernels
+that ``kernels.attention_blas`` runs in place.
 
-Shapes: ``scores`` is ``(..., Tq, Tk)`` with ``Tk >= Tq``. Query row ``i`` may look at key
-columns ``j <= i + (Tk - Tq)`` (with a KV cache the new queries sit at the end of the key
-sequence; without one ``Tq == Tk`` and this is the usual lower triangle). Masked entries of the
-output are exactly 0 and are never computed.
+Shapes: ``s`` is ``(..., Tq, Tk)``. Query row ``i`` (at absolute position ``t0 + i``) may look at
+key columns ``j <= t0 + i``. Masked entries of the output are exactly 0 and are never computed.
 
     forward:   p_ij = exp(s_ij - max_j s_ij) / sum_j exp(s_ij - max_j s_ij)   (allowed j only)
     backward:  ds_ij = p_ij * (dp_ij - sum_k p_ik dp_ik)                       (softmax Jacobian)
 
-``*_numpy`` is the readable reference, ``*_numba`` the row-parallel kernel; same signature.
+The reference is the layer (eqs. 6.2-6.3 and 6.6 of docs/derivations.md); the tests hold this
+kernel to it. The backward row kernel has no public twin: it assumes the causal zeros of p (it
+skips them), so only the attention kernels, whose p is causal by construction, call it.
 """
 
 from __future__ import annotations
@@ -22,52 +24,16 @@ from kernels._fast32 import exp32
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
-def _check_scores(scores: np.ndarray, name: str = "scores") -> None:
-    if scores.ndim < 2:
-        raise ValueError(f"{name} must have at least 2 dims (..., Tq, Tk), got shape {scores.shape}")
-    if scores.shape[-1] < scores.shape[-2]:
-        raise ValueError(f"{name} needs Tk >= Tq for a causal mask, got shape {scores.shape}")
-    if scores.dtype not in (np.float32, np.float64):
-        raise ValueError(f"{name} must be float32 or float64, got {scores.dtype}")
-
-
-def causal_mask(Tq: int, Tk: int) -> np.ndarray:
-    """(Tq, Tk) bool, True where query i may NOT look at key j (j > i + Tk - Tq)."""
-    return np.triu(np.ones((Tq, Tk), dtype=bool), k=1 + Tk - Tq)
-
-
-# ----------------------------------------------------------------------------- NumPy reference
-def causal_softmax_forward_numpy(scores: np.ndarray) -> np.ndarray:
-    """(..., Tq, Tk) -> (..., Tq, Tk) probabilities, zeros in the masked columns."""
-    _check_scores(scores)
-    Tq, Tk = scores.shape[-2:]
-    masked = causal_mask(Tq, Tk)                                      # (Tq, Tk)
-    s = np.where(masked, -np.inf, scores)                             # (..., Tq, Tk)
-    s = s - s.max(axis=-1, keepdims=True)
-    e = np.exp(s)                                                     # exp(-inf) = 0
-    return (e / e.sum(axis=-1, keepdims=True)).astype(scores.dtype, copy=False)
-
-
-def causal_softmax_backward_numpy(dprobs: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Softmax Jacobian-vector product: (..., Tq, Tk) x2 -> dscores (..., Tq, Tk)."""
-    _check_scores(probs, "probs")
-    if dprobs.shape != probs.shape:
-        raise ValueError(f"dprobs shape {dprobs.shape} != probs shape {probs.shape}")
-    inner = (probs * dprobs).sum(axis=-1, keepdims=True)              # (..., Tq, 1)
-    return probs * (dprobs - inner)                                   # masked p = 0 -> 0
-
-
 # ----------------------------------------------------------------------------- Numba kernels
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _softmax_fwd(s, p, fast):
-    """s, p: (N, Tq, Tk) C-contiguous. Row-parallel over the N*Tq rows."""
+def _softmax_fwd(s, p, fast, off):
+    """s, p: (N, Tq, Tk) C-contiguous; row i sees columns j <= i + off. Row-parallel over N*Tq."""
     N, Tq, Tk = s.shape
-    off = Tk - Tq
     zero = s.dtype.type(0.0)
     for r in prange(N * Tq):
         n = r // Tq
         i = r % Tq
-        last = i + off                      # last allowed column
+        last = min(i + off, Tk - 1)         # last allowed column
         m = s[n, i, 0]
         for j in range(1, last + 1):
             if s[n, i, j] > m:
@@ -85,14 +51,13 @@ def _softmax_fwd(s, p, fast):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _softmax_bwd(dp, p, ds):
+def _softmax_bwd(dp, p, ds, off):
     N, Tq, Tk = p.shape
-    off = Tk - Tq
     zero = p.dtype.type(0.0)
     for r in prange(N * Tq):
         n = r // Tq
         i = r % Tq
-        last = i + off
+        last = min(i + off, Tk - 1)
         inner = zero
         for j in range(last + 1):
             inner += p[n, i, j] * dp[n, i, j]
@@ -102,22 +67,14 @@ def _softmax_bwd(dp, p, ds):
             ds[n, i, j] = zero
 
 
-def causal_softmax_forward_numba(scores: np.ndarray) -> np.ndarray:
-    """Same contract as :func:`causal_softmax_forward_numpy`; masked columns are never touched."""
-    _check_scores(scores)
-    s = np.ascontiguousarray(scores).reshape(-1, *scores.shape[-2:])  # (N, Tq, Tk)
-    p = np.empty_like(s)
-    _softmax_fwd(s, p, s.dtype == np.float32)
-    return p.reshape(scores.shape)
-
-
-def causal_softmax_backward_numba(dprobs: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Same contract as :func:`causal_softmax_backward_numpy`."""
-    _check_scores(probs, "probs")
-    if dprobs.shape != probs.shape:
-        raise ValueError(f"dprobs shape {dprobs.shape} != probs shape {probs.shape}")
-    p = np.ascontiguousarray(probs).reshape(-1, *probs.shape[-2:])    # (N, Tq, Tk)
-    dp = np.ascontiguousarray(dprobs, dtype=probs.dtype).reshape(p.shape)
-    ds = np.empty_like(p)
-    _softmax_bwd(dp, p, ds)
-    return ds.reshape(probs.shape)
+def causal_softmax(s: np.ndarray, t0: int = 0) -> np.ndarray:
+    """s (..., Tq, Tk) -> probabilities (..., Tq, Tk), exact zeros where j > t0 + i."""
+    if s.ndim < 2 or s.dtype not in (np.float32, np.float64):
+        raise ValueError(f"causal_softmax: s must be float32/float64 (..., Tq, Tk), got "
+                         f"{s.dtype} {s.shape}")
+    if t0 < 0:
+        raise ValueError(f"causal_softmax: t0 is a position, >= 0; got {t0}")
+    s3 = np.ascontiguousarray(s).reshape(-1, *s.shape[-2:])          # (N, Tq, Tk)
+    p = np.empty_like(s3)
+    _softmax_fwd(s3, p, s3.dtype == np.float32, t0)
+    return p.reshape(s.shape)

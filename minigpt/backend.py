@@ -1,19 +1,22 @@
-"""The kernel switch: Numba kernels (default) or the pure NumPy reference code in the layers.
+"""The kernel switch, the one place that chooses between the Numba kernels (default) and the NumPy
+reference code of the layers.
 
-    MINIGPT_KERNELS=numba   (default) layernorm, GELU, attention, cross-entropy and the embedding
-                            backward run the Numba kernels of the top-level ``kernels`` package
-    MINIGPT_KERNELS=numpy   every layer runs its readable NumPy code (the reference path)
+    MINIGPT_KERNELS=numba   (default) ``ops()`` is ``minigpt.kernel_ops``: the kernels of the
+                            top-level ``kernels`` package, each under its layer's name
+    MINIGPT_KERNELS=numpy   ``ops()`` is ``minigpt.layers``: every op runs its readable NumPy code
 
-The environment variable sets the starting value; in code use the context manager::
+The block, the model, generation and AdamW fetch ``ops = backend.ops()`` once per call and then call
+``ops.layernorm_forward(...)`` etc.; the layers themselves never ask. The environment variable sets
+the starting value; in code use the context manager::
 
     with minigpt.backend.use("numpy"):
         loss, grads = model.loss_and_grads(idx, targets)
 
-Both paths produce the same caches, so a forward on one and a backward on the other compose.
+Both namespaces produce the same caches, so a forward on one and a backward on the other compose.
 Dense products (the projections and the LM head) are NumPy's BLAS on both paths: it is faster
 than the tiled Numba matmul (see ``minigpt bench`` and docs/kernels.md). On the Numba path they go
-through ``kernels.blas.gemm``: BLAS pinned to one thread, each large product split into one block
-per thread (no spinning BLAS threads competing with Numba's; see that module).
+through ``kernels.blas.gemm`` (``kernels/linear.py``): BLAS pinned to one thread, each large product
+split into one block per thread (no spinning BLAS threads competing with Numba's; see that module).
 
 Threads: ``set_threads(n)`` sets both Numba's count and the product split. Unset, the first product
 uses ``OMP_NUM_THREADS`` when set, else Numba's count (``NUMBA_NUM_THREADS``, default all cores).
@@ -24,6 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import ModuleType
 
 ENV_VAR = "MINIGPT_KERNELS"
 BACKENDS = ("numba", "numpy")
@@ -51,8 +55,20 @@ def set_backend(name: str) -> None:
 
 
 def numba_enabled() -> bool:
-    """True when the layers should dispatch to the Numba kernels."""
+    """True on the "numba" path (``ops()`` returns the kernels)."""
     return _current == "numba"
+
+
+def ops() -> ModuleType:
+    """The active namespace of ops: ``minigpt.kernel_ops`` on "numba", ``minigpt.layers`` on
+    "numpy". Both have every name of ``minigpt.layers.__all__`` with the same signatures."""
+    if _current == "numba":
+        import minigpt.kernel_ops
+
+        return minigpt.kernel_ops
+    import minigpt.layers
+
+    return minigpt.layers
 
 
 def set_threads(n: int) -> int:

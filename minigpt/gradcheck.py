@@ -23,6 +23,9 @@ gradient.
 
 Every check here has a negative control (a deliberately wrong backward) that must FAIL the same
 criterion, proving the check can fail.
+
+The layer checks call the ops through ``minigpt.backend.ops()`` at the moment they run, so
+``with backend.use("numba")`` checks the kernels and ``with backend.use("numpy")`` the layers.
 """
 
 from __future__ import annotations
@@ -32,16 +35,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minigpt import backend
+from minigpt.block import block_backward, block_forward
 from minigpt.config import GPTConfig
-from minigpt.layers.attention import attention_backward, attention_forward, softmax, softmax_backward
-from minigpt.layers.block import block_backward, block_forward
-from minigpt.layers.dropout import dropout_backward, dropout_forward
-from minigpt.layers.embedding import embedding_backward, embedding_forward
-from minigpt.layers.gelu import gelu_backward, gelu_forward
-from minigpt.layers.layernorm import layernorm_backward, layernorm_forward
-from minigpt.layers.linear import linear_backward, linear_forward
-from minigpt.layers.loss import cross_entropy
 from minigpt.model import GPTModel
+
+
+class _ActiveOps:
+    """``ops.name`` is ``backend.ops().name`` looked up at the call, so the checks follow
+    ``backend.use(...)``: the kernels on "numba", the layers on "numpy"."""
+
+    def __getattr__(self, name: str):
+        return getattr(backend.ops(), name)
+
+
+ops = _ActiveOps()
 
 EPS = 1e-5
 ATOL = 1e-7
@@ -123,32 +131,32 @@ def check_op(check: str, forward: Callable[..., np.ndarray], backward: Callable[
 # --- the layer checks -------------------------------------------------------------------------------
 # Each returns (forward, backward, inputs, equation). Shapes are small and odd on purpose.
 
-def _embedding_case(rng, backward=embedding_backward):
+def _embedding_case(rng, backward=None):
     idx = np.array([[3, 1, 3, 0], [1, 1, 4, 3]])           # repeated ids on purpose (eq. 1.2)
     inputs = {"wte": rng.standard_normal((5, 6)), "wpe": rng.standard_normal((7, 6))}
 
     def fwd(wte, wpe):
-        return embedding_forward(idx, wte, wpe)[0]
+        return ops.embedding_forward(idx, wte, wpe)[0]
 
     def bwd(g, wte, wpe):
-        _, cache = embedding_forward(idx, wte, wpe)
+        _, cache = ops.embedding_forward(idx, wte, wpe)
         dwte, dwpe = np.zeros_like(wte), np.zeros_like(wpe)
-        backward(g, cache, dwte, dwpe)
+        (backward or ops.embedding_backward)(g, cache, dwte, dwpe)
         return {"wte": dwte, "wpe": dwpe}
     return fwd, bwd, inputs, "1.2-1.3"
 
 
-def _layernorm_case(rng, backward=layernorm_backward):
+def _layernorm_case(rng, backward=None):
     inputs = {"x": rng.standard_normal((2, 3, 7)) * 2 + 0.5, "w": rng.standard_normal(7),
               "b": rng.standard_normal(7)}
 
     def fwd(x, w, b):
-        return layernorm_forward(x, w, b)[0]
+        return ops.layernorm_forward(x, w, b)[0]
 
     def bwd(g, x, w, b):
-        _, cache = layernorm_forward(x, w, b)
+        _, cache = ops.layernorm_forward(x, w, b)
         dw, db = np.zeros_like(w), np.zeros_like(b)
-        dx = backward(g, cache, dw, db)
+        dx = (backward or ops.layernorm_backward)(g, cache, dw, db)
         return {"x": dx, "w": dw, "b": db}
     return fwd, bwd, inputs, "2.4-2.6"
 
@@ -159,25 +167,25 @@ def _linear_case(rng, bias=True):
         inputs["b"] = rng.standard_normal(4)
 
     def fwd(x, w, b=None):
-        return linear_forward(x, w, b)[0]
+        return ops.linear_forward(x, w, b)[0]
 
     def bwd(g, x, w, b=None):
-        _, cache = linear_forward(x, w, b)
+        _, cache = ops.linear_forward(x, w, b)
         dw = np.zeros_like(w)
         db = None if b is None else np.zeros_like(b)
-        dx = linear_backward(g, cache, dw, db)
+        dx = ops.linear_backward(g, cache, dw, db)
         return {"x": dx, "w": dw} | ({} if b is None else {"b": db})
     return fwd, bwd, inputs, "3.2-3.4"
 
 
-def _gelu_case(rng, backward=gelu_backward):
+def _gelu_case(rng, backward=None):
     inputs = {"x": rng.standard_normal((3, 11)) * 2}
 
     def fwd(x):
-        return gelu_forward(x)[0]
+        return ops.gelu_forward(x)[0]
 
     def bwd(g, x):
-        return {"x": backward(g, gelu_forward(x)[1])}
+        return {"x": (backward or ops.gelu_backward)(g, ops.gelu_forward(x)[1])}
     return fwd, bwd, inputs, "4.2"
 
 
@@ -185,21 +193,22 @@ def _dropout_case(rng):
     inputs = {"x": rng.standard_normal((4, 9))}
 
     def fwd(x):   # a fresh Generator with one seed for every evaluation: one fixed mask
-        return dropout_forward(x, 0.3, np.random.default_rng(7))[0]
+        return ops.dropout_forward(x, 0.3, np.random.default_rng(7))[0]
 
     def bwd(g, x):
-        return {"x": dropout_backward(g, dropout_forward(x, 0.3, np.random.default_rng(7))[1])}
+        _, mask = ops.dropout_forward(x, 0.3, np.random.default_rng(7))
+        return {"x": ops.dropout_backward(g, mask)}
     return fwd, bwd, inputs, "5.2"
 
 
-def _softmax_case(rng, backward=softmax_backward):
+def _softmax_case(rng, backward=None):
     inputs = {"s": rng.standard_normal((3, 6)) * 2}
 
     def fwd(s):
-        return softmax(s)
+        return ops.softmax(s)
 
     def bwd(g, s):
-        return {"s": backward(g, softmax(s))}
+        return {"s": (backward or ops.softmax_backward)(g, ops.softmax(s))}
     return fwd, bwd, inputs, "6.6"
 
 
@@ -208,23 +217,23 @@ def _attention_case(rng, drop_rate=0.0, n_heads=3, hs=4, T=5):
     inputs = {"qkv": rng.standard_normal((2, T, 3 * C))}
 
     def fwd(qkv):
-        return attention_forward(qkv, n_heads, drop_rate, np.random.default_rng(3))[0]
+        return ops.attention_forward(qkv, n_heads, drop_rate, np.random.default_rng(3))[0]
 
     def bwd(g, qkv):
-        _, cache = attention_forward(qkv, n_heads, drop_rate, np.random.default_rng(3))
-        return {"qkv": attention_backward(g, cache)}
+        _, cache = ops.attention_forward(qkv, n_heads, drop_rate, np.random.default_rng(3))
+        return {"qkv": ops.attention_backward(g, cache)}
     return fwd, bwd, inputs, "6.5-6.7"
 
 
-def _cross_entropy_case(rng, loss_fn=cross_entropy):
+def _cross_entropy_case(rng, loss_fn=None):
     targets = np.array([[2, 0, -100, 4], [-100, 1, 1, 3]])   # two ignored positions
     inputs = {"logits": rng.standard_normal((2, 4, 5)) * 3}
 
     def fwd(logits):
-        return np.array(loss_fn(logits, targets)[0])
+        return np.array((loss_fn or ops.cross_entropy)(logits, targets)[0])
 
     def bwd(g, logits):
-        return {"logits": loss_fn(logits, targets)[1] * g}
+        return {"logits": (loss_fn or ops.cross_entropy)(logits, targets)[1] * g}
     return fwd, bwd, inputs, "7.3"
 
 
@@ -394,7 +403,7 @@ def _gelu_backward_no_tanh_derivative(dout, cache):
 def _cross_entropy_counts_ignored(logits, targets):
     """BUG: the loss averages over counted positions, but the gradient divides by every position,
     ignored ones included (N too large in eq. 7.3)."""
-    loss, dlogits = cross_entropy(logits, targets)
+    loss, dlogits = ops.cross_entropy(logits, targets)
     n_counted, n_all = int((targets != -100).sum()), targets.size
     return loss, dlogits * n_counted / n_all
 

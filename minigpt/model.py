@@ -15,14 +15,10 @@ import math
 
 import numpy as np
 
+from minigpt import backend
+from minigpt.block import block_backward, block_forward, block_step
 from minigpt.config import GPTConfig
 from minigpt.inference.kv_cache import KVCache
-from minigpt.layers.block import block_backward, block_forward, block_step
-from minigpt.layers.dropout import dropout_backward, dropout_forward
-from minigpt.layers.embedding import embedding_backward, embedding_forward
-from minigpt.layers.layernorm import layernorm_backward, layernorm_forward
-from minigpt.layers.linear import linear_backward, linear_forward
-from minigpt.layers.loss import cross_entropy
 
 SUPPORTED_DTYPES = (np.float32, np.float64)
 
@@ -166,16 +162,16 @@ class GPTModel:
 
     # --- forward --------------------------------------------------------------------------------
     def _forward(self, idx: np.ndarray, rng: np.random.Generator | None, keep_caches: bool):
-        cfg, p = self.cfg, self.params
-        x, c_emb = embedding_forward(idx, p["wte.weight"], p["wpe.weight"])    # (B, T) -> (B, T, C)
-        x, c_drop = dropout_forward(x, cfg.drop_rate, rng)                      # (B, T, C)
+        cfg, p, ops = self.cfg, self.params, backend.ops()
+        x, c_emb = ops.embedding_forward(idx, p["wte.weight"], p["wpe.weight"])    # (B, T) -> (B, T, C)
+        x, c_drop = ops.dropout_forward(x, cfg.drop_rate, rng)                      # (B, T, C)
         c_blocks = []
         for bp in self._block_params:
             x, c = block_forward(x, bp, cfg.n_heads, cfg.drop_rate, rng)        # (B, T, C)
             if keep_caches:
                 c_blocks.append(c)
-        x, c_lnf = layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])       # (B, T, C)
-        logits, c_head = linear_forward(x, self.head_weight().T, None)          # (B, T, C) -> (B, T, V)
+        x, c_lnf = ops.layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])       # (B, T, C)
+        logits, c_head = ops.linear_forward(x, self.head_weight().T, None)          # (B, T, C) -> (B, T, V)
         caches = (c_emb, c_drop, c_blocks, c_lnf, c_head) if keep_caches else None
         return logits, caches
 
@@ -204,13 +200,13 @@ class GPTModel:
             raise ValueError(f"KV cache full: {cache.pos} cached + {idx.shape[1]} new tokens exceed "
                              f"its max_len {cache.max_len}; call cache.reset() and re-feed the last "
                              "tokens")
-        p, t0 = self.params, cache.pos
-        x, _ = embedding_forward(idx, p["wte.weight"], p["wpe.weight"], t0)       # (B, T, C)
+        p, t0, ops = self.params, cache.pos, backend.ops()
+        x, _ = ops.embedding_forward(idx, p["wte.weight"], p["wpe.weight"], t0)       # (B, T, C)
         for i, bp in enumerate(self._block_params):
             x = block_step(x, bp, self.cfg.n_heads, cache.k[i], cache.v[i], t0)   # (B, T, C)
-        x, _ = layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])
+        x, _ = ops.layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])
         cache.pos += idx.shape[1]
-        logits, _ = linear_forward(x, self.head_weight().T, None)                 # (B, T, V)
+        logits, _ = ops.linear_forward(x, self.head_weight().T, None)                 # (B, T, V)
         return logits
 
     # --- loss and backward ----------------------------------------------------------------------
@@ -220,7 +216,7 @@ class GPTModel:
         idx = self._check_idx(idx)
         targets = self._check_targets(targets, idx)
         logits, _ = self._forward(idx, rng, keep_caches=False)
-        loss, _ = cross_entropy(logits, targets, grad=False)
+        loss, _ = backend.ops().cross_entropy(logits, targets, grad=False)
         return loss
 
     def loss_and_grads(self, idx, targets, *, rng: np.random.Generator | None = None):
@@ -231,20 +227,21 @@ class GPTModel:
         """
         idx = self._check_idx(idx)
         targets = self._check_targets(targets, idx)
+        ops = backend.ops()
         logits, (c_emb, c_drop, c_blocks, c_lnf, c_head) = self._forward(idx, rng, keep_caches=True)
-        loss, dlogits = cross_entropy(logits, targets, inplace=True)            # (B, T, V), over logits
+        loss, dlogits = ops.cross_entropy(logits, targets, inplace=True)            # (B, T, V), over logits
         del logits
         self.zero_grad()
         g = self.grads
         # logits = x @ W_head^T: the gradient of W_head^T lands in dhead^T, a view (eq. 9.1). When
         # tied, dhead IS wte's gradient, so it holds the sum of both uses (eq. 9.2).
-        dx = linear_backward(dlogits, c_head, self._head_grad().T, None)       # (B, T, V) -> (B, T, C)
+        dx = ops.linear_backward(dlogits, c_head, self._head_grad().T, None)       # (B, T, V) -> (B, T, C)
         del dlogits
-        dx = layernorm_backward(dx, c_lnf, g["ln_f.weight"], g["ln_f.bias"])    # (B, T, C)
+        dx = ops.layernorm_backward(dx, c_lnf, g["ln_f.weight"], g["ln_f.bias"])    # (B, T, C)
         for c, bg in zip(reversed(c_blocks), reversed(self._block_grads), strict=True):
             dx = block_backward(dx, c, bg)                                      # (B, T, C)
-        dx = dropout_backward(dx, c_drop)
-        embedding_backward(dx, c_emb, g["wte.weight"], g["wpe.weight"])
+        dx = ops.dropout_backward(dx, c_drop)
+        ops.embedding_backward(dx, c_emb, g["wte.weight"], g["wpe.weight"])
         return loss, self.grads
 
     # --- state ----------------------------------------------------------------------------------

@@ -1,18 +1,19 @@
 """The kernel switch end to end: the model's float64 gradient check passes on both backends, the
-two backends agree, and their caches compose (forward on one, backward on the other)."""
+layer checks of ``minigpt gradcheck`` really run the kernels on the numba path, the two backends
+agree, and their caches compose (forward on one, backward on the other)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+import kernels.attention
+import kernels.layernorm
 from minigpt import backend
+from minigpt import gradcheck as gc
 from minigpt.config import GPTConfig
 from minigpt.gradcheck import TINY, check_model
 from minigpt.inference.kv_cache import KVCache
-from minigpt.layers.attention import attention_backward, attention_forward
-from minigpt.layers.gelu import gelu_backward, gelu_forward
-from minigpt.layers.layernorm import layernorm_backward, layernorm_forward
 from minigpt.model import GPTModel
 
 
@@ -27,6 +28,14 @@ def test_model_gradcheck_on_both_backends(name, cfg):
         results = check_model(cfg, seed=3, max_per_tensor=6 if name == "numba" else None)
     bad = [r for r in results if not r.passed]
     assert not bad, bad
+
+
+@pytest.mark.parametrize("name", ["numba", "numpy"])
+@pytest.mark.parametrize("case", list(gc.LAYER_CASES))
+def test_layer_gradchecks_on_both_backends(name, case):
+    with backend.use(name):
+        results = gc.check_layer(case)
+    assert results and all(r.passed for r in results), [r for r in results if not r.passed]
 
 
 def _grads(name, dtype, rng_seed=None):
@@ -62,25 +71,52 @@ def test_caches_compose_across_backends():
     x = rng.normal(size=(B, T, C))
     w, b = rng.normal(size=C), rng.normal(size=C)
     qkv = rng.normal(size=(B, T, 3 * C))
-    for fwd_name, bwd_name in (("numba", "numpy"), ("numpy", "numba")):
-        with backend.use(fwd_name):
-            _, c_ln = layernorm_forward(x, w, b)
-            _, c_g = gelu_forward(x)
-            _, c_a = attention_forward(qkv, H)
-        with backend.use(bwd_name):
-            dw, db = np.zeros(C), np.zeros(C)
-            dx_ln = layernorm_backward(x, c_ln, dw, db)
-            dx_g = gelu_backward(x, c_g)
-            dqkv = attention_backward(x, c_a)
-        with backend.use("numpy"):
-            _, c_ln_ref = layernorm_forward(x, w, b)
-            dw_ref, db_ref = np.zeros(C), np.zeros(C)
-            np.testing.assert_allclose(dx_ln, layernorm_backward(x, c_ln_ref, dw_ref, db_ref),
-                                       rtol=1e-10, atol=1e-12)
-            np.testing.assert_allclose(dw, dw_ref, rtol=1e-10)
-            np.testing.assert_allclose(dx_g, gelu_backward(x, gelu_forward(x)[1]), rtol=1e-10)
-            ref = attention_backward(x, attention_forward(qkv, H)[1])
-            np.testing.assert_allclose(dqkv, ref, rtol=1e-9, atol=1e-12)
+    with backend.use("numpy"):
+        L = backend.ops()
+    with backend.use("numba"):
+        K = backend.ops()
+    assert L is not K
+    for fwd, bwd in ((K, L), (L, K)):
+        _, c_ln = fwd.layernorm_forward(x, w, b)
+        _, c_g = fwd.gelu_forward(x)
+        _, c_a = fwd.attention_forward(qkv, H, 0.3, np.random.default_rng(1))
+        dw, db = np.zeros(C), np.zeros(C)
+        dx_ln = bwd.layernorm_backward(x, c_ln, dw, db)
+        dx_g = bwd.gelu_backward(x, c_g)
+        dqkv = bwd.attention_backward(x, c_a)
+        _, c_ln_ref = L.layernorm_forward(x, w, b)
+        dw_ref, db_ref = np.zeros(C), np.zeros(C)
+        np.testing.assert_allclose(dx_ln, L.layernorm_backward(x, c_ln_ref, dw_ref, db_ref),
+                                   rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(dw, dw_ref, rtol=1e-10)
+        np.testing.assert_allclose(dx_g, L.gelu_backward(x, L.gelu_forward(x)[1]), rtol=1e-10)
+        ref = L.attention_backward(x, L.attention_forward(qkv, H, 0.3, np.random.default_rng(1))[1])
+        np.testing.assert_allclose(dqkv, ref, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("case,module,kernel", [
+    ("layernorm", kernels.layernorm, "_ln_bwd"),
+    ("attention", kernels.attention, "_attn_bwd"),
+    ("block", kernels.layernorm, "_ln_bwd"),
+])
+def test_gradcheck_on_numba_runs_the_kernels(monkeypatch, case, module, kernel):
+    """A Numba backward made wrong by 1% fails the layer check on the numba path and leaves the
+    numpy path passing: ``minigpt gradcheck --kernels numba`` checks kernel code, not NumPy twice."""
+    real = getattr(module, kernel)
+    out_arg = {"_ln_bwd": 4, "_attn_bwd": 11}[kernel]          # the dx (dq) buffer it writes
+
+    def wrong(*args):
+        real(*args)
+        args[out_arg][...] *= 1.01
+
+    for name in ("numpy", "numba"):
+        with backend.use(name):
+            assert all(r.passed for r in gc.check_layer(case)), name
+    monkeypatch.setattr(module, kernel, wrong)
+    with backend.use("numpy"):
+        assert all(r.passed for r in gc.check_layer(case))
+    with backend.use("numba"):
+        assert not all(r.passed for r in gc.check_layer(case))
 
 
 def test_kv_cached_decode_matches_full_forward_with_kernels():

@@ -20,13 +20,12 @@ from typing import Any
 
 import numpy as np
 
+# softmax over the last axis, (..., V) -> (..., V): the attention layer's (eq. 6.3), written once;
+# -inf logits (top-k filtered) get probability exactly 0
+from minigpt.layers.attention import softmax
+
 
 # --- pure functions over logits ------------------------------------------------------------------
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, max subtracted first so exp never overflows.  (..., V) -> (..., V)"""
-    z = logits - logits.max(axis=-1, keepdims=True)  # (..., V); -inf stays -inf, exp(-inf) = 0
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def softmax_with_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:

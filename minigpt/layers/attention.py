@@ -18,13 +18,7 @@ import math
 
 import numpy as np
 
-import kernels
-from minigpt import backend
-
 from minigpt.layers.dropout import dropout_backward, dropout_forward
-
-# From this many positions on, training attention runs its products in BLAS (kernels.attention_blas).
-BLAS_MIN_T = 32
 
 
 def split_heads(x: np.ndarray, n_heads: int) -> np.ndarray:
@@ -73,25 +67,12 @@ def attention_forward(qkv: np.ndarray, n_heads: int, drop_rate: float = 0.0,
     Cache: ``(q, k, v, a, drop_cache, scale)``: the per-head q, k, v (B, H, T, hs) and the softmax
     weights a (B, H, T, T). ``a`` is the largest tensor of a block (it grows with T^2); the backward
     needs it for the softmax Jacobian (eq. 6.6), and recomputing it would cost another q k^T.
-    With ``minigpt.backend`` on "numba" kernels compute the same cache: for T >= ``BLAS_MIN_T`` the
-    products in (split) BLAS and the causal softmax in Numba (``kernels.attention_blas``, measured
-    faster at training shapes), below it one fused kernel over the allowed (causal) half only.
     """
     C = qkv.shape[-1] // 3
     q = split_heads(qkv[..., :C], n_heads)                 # (B, T, C) -> (B, H, T, hs)
     k = split_heads(qkv[..., C:2 * C], n_heads)            # (B, H, T, hs)
     v = split_heads(qkv[..., 2 * C:], n_heads)             # (B, H, T, hs)
     scale = qkv.dtype.type(1.0 / math.sqrt(C // n_heads))
-    if backend.numba_enabled():
-        B, H, T, hs = q.shape
-        drop_cache = None
-        if rng is not None and drop_rate > 0.0:            # the mask dropout_forward would draw
-            keep = rng.random((B, H, T, T)) >= drop_rate
-            drop_cache = keep.astype(qkv.dtype) * qkv.dtype.type(1.0 / (1.0 - drop_rate))
-        out = np.empty((B, T, H, hs), dtype=qkv.dtype)     # written in place by the kernel
-        fwd = kernels.attention_forward_blas if T >= BLAS_MIN_T else kernels.attention_forward_numba
-        _, a = fwd(q, k, v, out=out.transpose(0, 2, 1, 3), drop_mask=drop_cache)
-        return out.reshape(B, T, C), (q, k, v, a, drop_cache, scale)
     s = (q @ k.transpose(0, 1, 3, 2)) * scale              # (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
     a = causal_softmax(s)                                  # (B, H, T, T), rows sum to 1
     a_drop, drop_cache = dropout_forward(a, drop_rate, rng)
@@ -111,14 +92,6 @@ def attention_backward(dout: np.ndarray, cache) -> np.ndarray:
     """
     q, k, v, a, drop_cache, scale = cache
     H = q.shape[1]
-    if backend.numba_enabled():
-        B, _, T, hs = q.shape
-        dqkv = np.empty((B, T, 3, H, hs), dtype=q.dtype)   # dq, dk, dv written in place
-        heads = dqkv.transpose(2, 0, 3, 1, 4)              # (3, B, H, T, hs) views
-        bwd = kernels.attention_backward_blas if T >= BLAS_MIN_T else kernels.attention_backward_numba
-        bwd(split_heads(dout, H), q, k, v, a, drop_mask=drop_cache,
-            dq=heads[0], dk=heads[1], dv=heads[2])
-        return dqkv.reshape(B, T, 3 * H * hs)
     dy = split_heads(dout, H)                              # (B, T, C) -> (B, H, T, hs)
     a_drop = a if drop_cache is None else a * drop_cache   # the weights the forward really used
     da = dy @ v.transpose(0, 1, 3, 2)                      # (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
@@ -144,11 +117,6 @@ def attention_step(qkv: np.ndarray, n_heads: int, k_cache: np.ndarray, v_cache: 
     v_cache[:, :, t0:t0 + T] = split_heads(qkv[..., 2 * C:], n_heads)
     k = k_cache[:, :, :t0 + T]                             # (B, H, t0+T, hs)
     v = v_cache[:, :, :t0 + T]
-    if backend.numba_enabled():
-        B, H, _, hs = q.shape
-        out = np.empty((B, T, H, hs), dtype=qkv.dtype)
-        kernels.attention_forward_numba(q, k, v, out=out.transpose(0, 2, 1, 3))
-        return out.reshape(B, T, C)
     scale = qkv.dtype.type(1.0 / math.sqrt(C // n_heads))
     s = (q @ k.transpose(0, 1, 3, 2)) * scale              # (B, H, T, t0+T)
     a = causal_softmax(s, t0)                              # (B, H, T, t0+T)

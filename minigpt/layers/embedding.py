@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-import kernels
-from minigpt import backend
-
 
 def embedding_forward(idx: np.ndarray, wte: np.ndarray, wpe: np.ndarray, t0: int = 0):
     """idx (B, T) int, wte (V, C), wpe (T_max, C) -> out (B, T, C).
@@ -38,9 +35,6 @@ def embedding_backward(dout: np.ndarray, cache, dwte: np.ndarray, dwpe: np.ndarr
     Eq. 1.3: dwpe[t0 + t] = sum over b of dout[b, t] (each position is used once per sequence).
     """
     idx, t0 = cache
-    if backend.numba_enabled():   # race-free column-block scatter-add, same sums
-        kernels.embedding_backward_numba(dout, idx, dwte, dwpe[t0:])
-        return
     B, T, C = dout.shape
     np.add.at(dwte, idx.reshape(-1), dout.reshape(B * T, C))   # (B*T, C) scattered into (V, C)
     dwpe[t0:t0 + T] += dout.sum(axis=0)                        # (B, T, C) -> (T, C)

@@ -9,9 +9,6 @@ import math
 
 import numpy as np
 
-import kernels
-from minigpt import backend
-
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 GELU_COEF = 0.044715
 
@@ -20,11 +17,7 @@ def gelu_forward(x: np.ndarray):
     """x (...) -> out (...), same dtype.
 
     Cache: ``(x, tanh(u))``; keeping tanh(u) saves recomputing the transcendental in the backward.
-    With ``minigpt.backend`` on "numba" one fused elementwise kernel computes the same pair.
     """
-    if backend.numba_enabled():
-        out, th = kernels.gelu_forward_numba(x)
-        return out, (x, th)
     k = x.dtype.type(SQRT_2_OVER_PI)
     c = x.dtype.type(GELU_COEF)
     half = x.dtype.type(0.5)
@@ -39,8 +32,6 @@ def gelu_backward(dout: np.ndarray, cache) -> np.ndarray:
         dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
     """
     x, th = cache
-    if backend.numba_enabled():
-        return kernels.gelu_backward_numba(dout, x, th)
     k = x.dtype.type(SQRT_2_OVER_PI)
     c3 = x.dtype.type(3 * GELU_COEF)
     half = x.dtype.type(0.5)

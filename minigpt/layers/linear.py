@@ -5,24 +5,14 @@
 Every product is one 2-D matrix product over all B*T rows: ``x.reshape(-1, n_in) @ w``. A 3-D
 ``x @ w`` would make NumPy call BLAS once per sequence (B small products instead of one big one),
 which is slower and, with a threaded BLAS, synchronises its threads B times as often.
-With ``minigpt.backend`` on "numba" the products go through ``kernels.blas.gemm`` (the same BLAS,
-pinned to one thread, each product split into one block of rows per thread).
+(``kernels/linear.py`` is the same pair with each product split over threads by ``kernels.blas``.)
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from kernels.blas import gemm
-from minigpt import backend
-
-
 DW_SLAB = 1 << 22  # elements (16 MiB of float32) of dW computed per product
-
-
-def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a (M, K) @ b (K, N) -> (M, N): ``kernels.blas.gemm`` on the Numba path, else ``@``."""
-    return gemm(a, b) if backend.numba_enabled() else a @ b
 
 
 def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None):
@@ -32,7 +22,7 @@ def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None):
     """
     n_in, n_out = w.shape
     x2 = x.reshape(-1, n_in)                               # (N, n_in)
-    out = _mm(x2, w)                                       # (N, n_in) @ (n_in, n_out) -> (N, n_out)
+    out = x2 @ w                                           # (N, n_in) @ (n_in, n_out) -> (N, n_out)
     if b is not None:
         out += b
     return out.reshape(*x.shape[:-1], n_out), (x, w, b is not None)
@@ -55,12 +45,12 @@ def linear_backward(dout: np.ndarray, cache, dw: np.ndarray, db: np.ndarray | No
         dwT = dw.T                                         # (n_out, n_in) C-contiguous view
         step = max(1, DW_SLAB // n_in)
         for o in range(0, n_out, step):                    # rows o:o+step of dW^T
-            dwT[o:o + step] += _mm(d2[:, o:o + step].T, x2)    # (s, N) @ (N, n_in) -> (s, n_in)
+            dwT[o:o + step] += d2[:, o:o + step].T @ x2    # (s, N) @ (N, n_in) -> (s, n_in)
     else:
         step = max(1, DW_SLAB // n_out)
         for i in range(0, n_in, step):                     # rows i:i+step of dW
-            dw[i:i + step] += _mm(x2[:, i:i + step].T, d2)     # (s, N) @ (N, n_out) -> (s, n_out)
+            dw[i:i + step] += x2[:, i:i + step].T @ d2     # (s, N) @ (N, n_out) -> (s, n_out)
     if has_bias:
         db += d2.sum(axis=0)                               # (N, n_out) -> (n_out,)
-    dx = _mm(d2, w.T)                                      # (N, n_out) @ (n_out, n_in) -> (N, n_in)
+    dx = d2 @ w.T                                          # (N, n_out) @ (n_out, n_in) -> (N, n_in)
     return dx.reshape(*dout.shape[:-1], n_in)

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-import kernels
-from minigpt import backend
-
 
 def cross_entropy(logits: np.ndarray, targets: np.ndarray, ignore_index: int = -100,
                   grad: bool = True, inplace: bool = False):
@@ -23,10 +20,12 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray, ignore_index: int = -
 
         dL/dz_n = (softmax(z_n) - onehot(y_n)) / N   for counted n,   0 for ignored n.
 
-    ``inplace=True`` lets the Numba kernel write the gradient over ``logits`` (the model no longer
-    needs them): one (B*T, V) buffer less, 103 MB for GPT-2 at batch 4 x 128.
+    ``inplace=True`` allows the gradient to overwrite ``logits`` (the model no longer needs them):
+    the kernel (``kernels/cross_entropy.py``) then saves one (B*T, V) buffer, 103 MB for GPT-2 at
+    batch 4 x 128. This reference ignores it and returns a new array.
 
-    Raises ValueError when every target is ignored (there is nothing to average; PyTorch returns NaN).
+    Raises ValueError when every target is ignored: there is nothing to average (PyTorch returns
+    NaN; a NaN loss would be averaged into an epoch's loss silently). The kernel raises the same.
     """
     V = logits.shape[-1]
     z = logits.reshape(-1, V)                              # (N_all, V)
@@ -36,9 +35,6 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray, ignore_index: int = -
     if n == 0:
         raise ValueError(f"every target equals ignore_index={ignore_index}: there is no position to "
                          "average the loss over; give at least one real target id")
-    if grad and backend.numba_enabled():   # one row-parallel pass: max, sum of exp, gradient
-        out = logits if inplace and logits.flags.c_contiguous else None
-        return kernels.cross_entropy_numba(logits, targets, ignore_index, out=out)
     rows = np.arange(z.shape[0])
     y_safe = np.where(counted, y, 0)                       # any valid index for ignored rows
     e = z - z.max(axis=1, keepdims=True)                   # (N_all, V)  shifted logits, max is 0

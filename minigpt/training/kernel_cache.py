@@ -53,7 +53,7 @@ def compiled_in_process() -> list[str]:
 
 
 def exercise_kernels(dtype: type = np.float32) -> None:
-    """Call every kernel a training run calls, in every variant the layers pick by size: a step
+    """Call every kernel a training run calls, in every variant the kernels pick by size: a step
     with dropout and one without, gradient clipping, AdamW, an evaluation and a KV-cached
     generation, on a tiny model (the serial kernels, the fused attention for T < BLAS_MIN_T) and on
     one just large enough for the parallel kernels and the BLAS attention (T >= BLAS_MIN_T)."""
@@ -62,14 +62,13 @@ def exercise_kernels(dtype: type = np.float32) -> None:
     import kernels.layernorm
     from minigpt.config import GPTConfig
     from minigpt.inference.generate import generate
-    from minigpt.layers.attention import BLAS_MIN_T
     from minigpt.model import GPTModel
     from minigpt.training.optim import AdamW, clip_grad_norm_
 
     rng = np.random.default_rng(0)
     tiny = GPTConfig(vocab_size=64, context_length=8, emb_dim=16, n_heads=2, n_layers=1,
                      drop_rate=0.1, qkv_bias=True)
-    C, H, T = 64, 2, BLAS_MIN_T
+    C, H, T = 64, 2, kernels.attention.BLAS_MIN_T
     # rows so that layernorm, GELU and the fused attention at T - 1 all reach their parallel kernels
     rows = max(kernels.layernorm.SERIAL_BELOW, kernels.gelu.SERIAL_BELOW) // (C * (T - 1)) + 1
     B = max(rows, kernels.attention.SERIAL_BELOW // (H * (T - 1) ** 2 * (C // H)) + 1)

@@ -15,9 +15,10 @@ written in that order, so float32 results follow PyTorch's to rounding. The book
 parameters (``AdamW(model.parameters(), weight_decay=0.1)``); GPT-2 practice (nanoGPT) decays only
 matrices and embeddings, never biases or layernorm gains: ``decay="matrices"``.
 
-With ``minigpt.backend`` on "numba" (the default) the update is one fused Numba pass per run of
-parameters (``kernels.adamw_step_numba``, the same formula, held to its NumPy twin by the kernel
-tests); ``MINIGPT_KERNELS=numpy`` runs the chunked NumPy passes below.
+The update itself is ``ops.adamw_step`` (``ops = minigpt.backend.ops()``), called once per run of
+parameters that decay or not: the chunked NumPy passes of ``minigpt/layers/adamw.py`` on the
+"numpy" path, one fused Numba pass (``kernels/adamw.py``, held to the layer by the kernel tests)
+on "numba", the default.
 
 The schedule is appendix D's: linear warmup from ``initial_lr`` to ``peak_lr`` over ``warmup_steps``,
 then cosine decay to ``min_lr`` at the last step. Clipping is ``torch.nn.utils.clip_grad_norm_``.
@@ -30,12 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from kernels.adamw import adamw_step_numba
 from minigpt import backend
-
-# Elements per chunk of the vectorised passes: big enough that NumPy's per-call overhead vanishes,
-# small enough (4 MiB of float32) that the temporaries stay in cache and cost no memory.
-CHUNK = 1 << 20
+from minigpt.layers.adamw import CHUNK  # elements per chunk of the vectorised passes
 
 
 # --- flat-buffer plumbing --------------------------------------------------------------------------
@@ -191,39 +188,12 @@ class AdamW:
         self.t += 1
         lr, (b1, b2), eps, wd = self.lr, self.betas, self.eps, self.weight_decay
         p, m, v = self.flat, self.m, self.v
-        if backend.numba_enabled() and g.dtype == p.dtype and g.flags.c_contiguous:
-            # one fused pass per run of (decayed | not decayed) parameters, same formula
-            for a, b, decays in self._segments():
-                adamw_step_numba(p[a:b], g[a:b], m[a:b], v[a:b], lr, b1, b2, eps,
-                                 wd if decays else 0.0, self.t)
-            return
-        if wd != 0.0 and lr != 0.0:
-            keep = 1.0 - lr * wd  # decoupled decay multiplies the weights, not the gradient
-            for a, b in self.decay_ranges:
-                p[a:b] *= keep
-        step_size = lr / (1.0 - b1**self.t)
-        bc2_sqrt = math.sqrt(1.0 - b2**self.t)
-        dt = p.dtype.type
-        tmp = np.empty(min(CHUNK, p.size), dtype=p.dtype)
-        for a in range(0, p.size, CHUNK):
-            b = min(a + CHUNK, p.size)
-            gs, ms, vs, ts = g[a:b], m[a:b], v[a:b], tmp[: b - a]
-            # m = b1 m + (1 - b1) g   (torch: m.lerp_(g, 1 - b1))
-            ms *= dt(b1)
-            np.multiply(gs, dt(1.0 - b1), out=ts)
-            ms += ts
-            # v = b2 v + (1 - b2) g^2
-            vs *= dt(b2)
-            np.multiply(gs, gs, out=ts)
-            ts *= dt(1.0 - b2)
-            vs += ts
-            # p -= step_size * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-            np.sqrt(vs, out=ts)
-            ts /= dt(bc2_sqrt)
-            ts += dt(eps)
-            np.divide(ms, ts, out=ts)
-            ts *= dt(step_size)
-            p[a:b] -= ts
+        if g.dtype != p.dtype or not g.flags.c_contiguous:
+            g = np.ascontiguousarray(g, dtype=p.dtype)
+        ops = backend.ops()
+        for a, b, decays in self._segments():   # one pass per run of (decayed | not decayed) params
+            ops.adamw_step(p[a:b], g[a:b], m[a:b], v[a:b], lr, b1, b2, eps, wd if decays else 0.0,
+                           self.t)
 
     # --- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -18,12 +18,14 @@ threads (the fastest call, before and after the steps) - so it says how close th
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict
 from statistics import median
 
 import numpy as np
 
+from minigpt import backend
 from minigpt.cli.bench.configs import CONFIGS
 from minigpt.config import GPTConfig
 from minigpt.model import GPTModel
@@ -173,7 +175,7 @@ def decode(name: str, n_new: int, repeats: int, threads: int, prompt_len: int = 
 
 
 # --- per-phase profile of a minigpt training step -------------------------------------------------
-_PHASES = {  # (module, function) -> phase
+_PHASES = {  # (calling module, op) -> phase
     ("minigpt.model", "embedding_forward"): "embedding",
     ("minigpt.model", "embedding_backward"): "embedding",
     ("minigpt.model", "dropout_forward"): "other",
@@ -182,14 +184,14 @@ _PHASES = {  # (module, function) -> phase
     ("minigpt.model", "linear_forward"): "LM head matmuls",
     ("minigpt.model", "linear_backward"): "LM head matmuls",
     ("minigpt.model", "cross_entropy"): "cross-entropy (loss + grad)",
-    ("minigpt.layers.block", "layernorm_forward"): "layernorm",
-    ("minigpt.layers.block", "layernorm_backward"): "layernorm",
-    ("minigpt.layers.block", "linear_forward"): "block matmuls (qkv, proj, MLP)",
-    ("minigpt.layers.block", "linear_backward"): "block matmuls (qkv, proj, MLP)",
-    ("minigpt.layers.block", "attention_forward"): "attention",
-    ("minigpt.layers.block", "attention_backward"): "attention",
-    ("minigpt.layers.block", "gelu_forward"): "GELU",
-    ("minigpt.layers.block", "gelu_backward"): "GELU",
+    ("minigpt.block", "layernorm_forward"): "layernorm",
+    ("minigpt.block", "layernorm_backward"): "layernorm",
+    ("minigpt.block", "linear_forward"): "block matmuls (qkv, proj, MLP)",
+    ("minigpt.block", "linear_backward"): "block matmuls (qkv, proj, MLP)",
+    ("minigpt.block", "attention_forward"): "attention",
+    ("minigpt.block", "attention_backward"): "attention",
+    ("minigpt.block", "gelu_forward"): "GELU",
+    ("minigpt.block", "gelu_backward"): "GELU",
 }
 
 
@@ -197,26 +199,25 @@ def phase_profile(name: str, steps: int) -> dict:
     """Wall time per phase of a minigpt training step (forward + backward of each layer kind, and
     AdamW), mean over ``steps`` after one warm-up step. Timers wrap the layer functions the model
     and block call, so 'other' is what lies between them (residual adds, Python, zeroing grads)."""
-    import importlib
-
     cfg, B, T = CONFIGS[name]
     model = GPTModel(cfg, seed=0, dtype=np.float32)
     opt = AdamW(model, lr=LR, weight_decay=WD)
     idx, targets = batch(cfg, B, T)
     acc: dict[str, float] = defaultdict(float)
+    ops = backend.ops()                  # the model and the block call these ops by name
     saved = []
-    for (modname, fname), phase in _PHASES.items():
-        mod = importlib.import_module(modname)
-        f = getattr(mod, fname)
-        saved.append((mod, fname, f))
+    for fname in sorted({f for _, f in _PHASES}):
+        f = getattr(ops, fname)
+        saved.append((ops, fname, f))
 
-        def timed(*a, _f=f, _p=phase, **k):
+        def timed(*a, _f=f, _name=fname, **k):
+            caller = sys._getframe(1).f_globals.get("__name__")     # minigpt.model or minigpt.block
             t0 = time.perf_counter()
             r = _f(*a, **k)
-            acc[_p] += time.perf_counter() - t0
+            acc[_PHASES.get((caller, _name), "other")] += time.perf_counter() - t0
             return r
 
-        setattr(mod, fname, timed)
+        setattr(ops, fname, timed)
     try:
         model.loss_and_grads(idx, targets)
         opt.step()

@@ -45,12 +45,12 @@ def header_lines() -> list[str]:
     """Human-readable lines: CPU, threads, BLAS, Numba, backend, PyTorch."""
     import numba
 
-    import kernels
+    import kernels.layernorm
     import kernels.blas
     from minigpt import backend
 
     x = np.ones((4, 8), dtype=np.float32)
-    kernels.layernorm_forward_numba(x, x[0], x[0])       # a parallel kernel: fixes the threading layer
+    kernels.layernorm.layernorm_forward(x, x[0], x[0])   # a kernel: fixes the threading layer
     kernels.blas.gemm(x, x.T)                            # configures the product split
     try:
         layer = numba.threading_layer()

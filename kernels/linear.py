@@ -1,0 +1,46 @@
+"""Affine map y = x W + b: the kernels of ``minigpt.layers.linear`` (same names, signatures and cache
+``(x, w, has_bias)``), with every product run by ``kernels.blas.gemm``.
+
+The layer's products are NumPy's ``@``, and OpenBLAS's own threads spin-wait inside every product;
+``gemm`` pins BLAS to one thread and splits each large product into one block per thread instead
+(see ``kernels/blas.py`` for why and what it measured). The math, the dW slabs and the transposed
+``dw`` view of the LM head are the layer's, line for line (eqs. 3.1-3.4 of docs/derivations.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kernels.blas import gemm
+
+DW_SLAB = 1 << 22  # elements (16 MiB of float32) of dW computed per product, as the layer
+
+
+def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None):
+    """x (..., n_in), w (n_in, n_out), b (n_out,) or None -> (out (..., n_out), cache)."""
+    n_in, n_out = w.shape
+    out = gemm(x.reshape(-1, n_in), w)                                # (N, n_out)
+    if b is not None:
+        out += b
+    return out.reshape(*x.shape[:-1], n_out), (x, w, b is not None)
+
+
+def linear_backward(dout: np.ndarray, cache, dw: np.ndarray, db: np.ndarray | None) -> np.ndarray:
+    """Adds dL/dW into ``dw`` (may be a transposed view) and dL/db into ``db``; returns dx."""
+    x, w, has_bias = cache
+    n_in, n_out = w.shape
+    x2 = x.reshape(-1, n_in)                                          # (N, n_in)
+    d2 = dout.reshape(-1, n_out)                                      # (N, n_out)
+    if dw.flags.f_contiguous and not dw.flags.c_contiguous:
+        dwT = dw.T                                                    # (n_out, n_in) C-contiguous
+        step = max(1, DW_SLAB // n_in)
+        for o in range(0, n_out, step):
+            dwT[o:o + step] += gemm(d2[:, o:o + step].T, x2)          # (s, n_in)
+    else:
+        step = max(1, DW_SLAB // n_out)
+        for i in range(0, n_in, step):
+            dw[i:i + step] += gemm(x2[:, i:i + step].T, d2)           # (s, n_out)
+    if has_bias:
+        db += d2.sum(axis=0)                                          # (n_out,)
+    dx = gemm(d2, w.T)                                                # (N, n_in)
+    return dx.reshape(*dout.shape[:-1], n_in)
