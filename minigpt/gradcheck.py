@@ -21,8 +21,14 @@ gradient by a sizeable fraction of itself: the negative controls below miss by 1
 outside. Float64 is required: in float32 eps_mach is 1.2e-7 and the round-off term alone swamps the
 gradient.
 
+Training runs attention on other code than a short check would: from T = 32 on (``BLAS_MIN_T``) the
+numba path computes it with the BLAS kernels of kernels/attention_blas.py, below it with one fused
+Numba kernel. So attention, a block and the whole model are checked at both: T = 5 and T = 33 (odd,
+past the switch; ``minigpt gradcheck`` runs each path).
+
 Every check here has a negative control (a deliberately wrong backward) that must FAIL the same
-criterion, proving the check can fail.
+criterion, proving the check can fail: below, NumPy backwards swapped in; in
+``minigpt.gradcheck_mutants``, the Numba kernels themselves with one bug each.
 """
 
 from __future__ import annotations
@@ -32,18 +38,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import minigpt.layers
 from minigpt.config import GPTConfig
-from minigpt.layers.attention import attention_backward, attention_forward, softmax, softmax_backward
-from minigpt.layers.block import block_backward, block_forward
+from minigpt.layers.attention import BLAS_MIN_T, softmax, softmax_backward
 from minigpt.layers.dropout import dropout_backward, dropout_forward
 from minigpt.layers.embedding import embedding_backward, embedding_forward
 from minigpt.layers.gelu import gelu_backward, gelu_forward
-from minigpt.layers.layernorm import layernorm_backward, layernorm_forward
 from minigpt.layers.linear import linear_backward, linear_forward
 from minigpt.layers.loss import cross_entropy
 from minigpt.model import GPTModel
 
 EPS = 1e-5
+T_LONG = 33                 # training-shape checks: odd, and >= BLAS_MIN_T so BLAS attention runs
+assert T_LONG >= BLAS_MIN_T
 ATOL = 1e-7
 RTOL = 1e-5
 
@@ -105,23 +112,42 @@ def check_op(check: str, forward: Callable[..., np.ndarray], backward: Callable[
              inputs: dict[str, np.ndarray], equation: str, seed: int = 0) -> list[CheckResult]:
     """Check an op given as ``forward(**inputs) -> y`` and ``backward(g, **inputs) -> {name: dname}``.
 
-    The upstream gradient g is random normal (a fixed seed); every input named in the backward's
-    result is checked over every element.
+    The upstream gradient g is random normal (a fixed seed); every input is checked over every
+    element. An input the backward returns no gradient for fails (a gradient of NaN), and a
+    gradient for a name that is not an input is an error.
     """
     rng = np.random.default_rng(seed)
     y = forward(**inputs)
     g = rng.standard_normal(np.shape(y))
     analytic = backward(g, **inputs)
+    unknown = set(analytic) - set(inputs)
+    if unknown:
+        raise ValueError(f"{check}: the backward returned gradients for {sorted(unknown)}, which are "
+                         f"not inputs ({sorted(inputs)})")
 
     def L() -> float:
         return float(np.sum(forward(**inputs) * g))
 
-    return [compare(check, name, grad, numerical_gradient(L, inputs[name]), equation)
-            for name, grad in analytic.items()]
+    results = []
+    for name, x in inputs.items():
+        grad = analytic.get(name)
+        if grad is None:                # no gradient at all: NaN, which fails the criterion
+            grad = np.full(x.shape, np.nan)
+        if np.shape(grad) != x.shape:
+            raise ValueError(f"{check}: gradient of {name} has shape {np.shape(grad)}, the input "
+                             f"{x.shape}")
+        results.append(compare(check, name, grad, numerical_gradient(L, x), equation))
+    return results
 
 
 # --- the layer checks -------------------------------------------------------------------------------
 # Each returns (forward, backward, inputs, equation). Shapes are small and odd on purpose.
+
+def _ops():
+    """Where the checks below find layernorm, attention and the block (the functions that have a
+    Numba kernel path). # after the ops refactor: backend.ops()"""
+    return minigpt.layers
+
 
 def _embedding_case(rng, backward=embedding_backward):
     idx = np.array([[3, 1, 3, 0], [1, 1, 4, 3]])           # repeated ids on purpose (eq. 1.2)
@@ -138,17 +164,17 @@ def _embedding_case(rng, backward=embedding_backward):
     return fwd, bwd, inputs, "1.2-1.3"
 
 
-def _layernorm_case(rng, backward=layernorm_backward):
+def _layernorm_case(rng, backward=None):
     inputs = {"x": rng.standard_normal((2, 3, 7)) * 2 + 0.5, "w": rng.standard_normal(7),
               "b": rng.standard_normal(7)}
 
     def fwd(x, w, b):
-        return layernorm_forward(x, w, b)[0]
+        return _ops().layernorm_forward(x, w, b)[0]
 
     def bwd(g, x, w, b):
-        _, cache = layernorm_forward(x, w, b)
+        _, cache = _ops().layernorm_forward(x, w, b)
         dw, db = np.zeros_like(w), np.zeros_like(b)
-        dx = backward(g, cache, dw, db)
+        dx = (backward or _ops().layernorm_backward)(g, cache, dw, db)
         return {"x": dx, "w": dw, "b": db}
     return fwd, bwd, inputs, "2.4-2.6"
 
@@ -203,16 +229,16 @@ def _softmax_case(rng, backward=softmax_backward):
     return fwd, bwd, inputs, "6.6"
 
 
-def _attention_case(rng, drop_rate=0.0, n_heads=3, hs=4, T=5):
+def _attention_case(rng, drop_rate=0.0, n_heads=3, hs=4, T=5, B=2):
     C = n_heads * hs
-    inputs = {"qkv": rng.standard_normal((2, T, 3 * C))}
+    inputs = {"qkv": rng.standard_normal((B, T, 3 * C))}
 
     def fwd(qkv):
-        return attention_forward(qkv, n_heads, drop_rate, np.random.default_rng(3))[0]
+        return _ops().attention_forward(qkv, n_heads, drop_rate, np.random.default_rng(3))[0]
 
     def bwd(g, qkv):
-        _, cache = attention_forward(qkv, n_heads, drop_rate, np.random.default_rng(3))
-        return {"qkv": attention_backward(g, cache)}
+        _, cache = _ops().attention_forward(qkv, n_heads, drop_rate, np.random.default_rng(3))
+        return {"qkv": _ops().attention_backward(g, cache)}
     return fwd, bwd, inputs, "6.5-6.7"
 
 
@@ -243,16 +269,16 @@ def _block_params(rng, C, qkv_bias=True):
     return p
 
 
-def _block_case(rng, drop_rate=0.0, n_heads=2, C=8, T=5):
-    inputs = {"x": rng.standard_normal((2, T, C))} | _block_params(rng, C)
+def _block_case(rng, drop_rate=0.0, n_heads=2, C=8, T=5, B=2):
+    inputs = {"x": rng.standard_normal((B, T, C))} | _block_params(rng, C)
 
     def fwd(x, **p):
-        return block_forward(x, p, n_heads, drop_rate, np.random.default_rng(11))[0]
+        return _ops().block_forward(x, p, n_heads, drop_rate, np.random.default_rng(11))[0]
 
     def bwd(g, x, **p):
-        _, cache = block_forward(x, p, n_heads, drop_rate, np.random.default_rng(11))
+        _, cache = _ops().block_forward(x, p, n_heads, drop_rate, np.random.default_rng(11))
         grads = {k: np.zeros_like(v) for k, v in p.items()}
-        dx = block_backward(g, cache, grads)
+        dx = _ops().block_backward(g, cache, grads)
         return {"x": dx} | grads
     return fwd, bwd, inputs, "8.1-8.3"
 
@@ -270,6 +296,11 @@ LAYER_CASES: dict[str, Callable] = {
     "cross-entropy (-100 ignored)": _cross_entropy_case,
     "block": _block_case,
     "block (dropout 0.2)": lambda rng: _block_case(rng, drop_rate=0.2),
+    # training shapes: on the numba path these run the BLAS attention kernels (T >= BLAS_MIN_T)
+    f"attention (T={T_LONG})": lambda rng: _attention_case(rng, T=T_LONG),
+    f"attention (T={T_LONG}, dropout 0.3)": lambda rng: _attention_case(rng, 0.3, T=T_LONG),
+    f"block (T={T_LONG})": lambda rng: _block_case(rng, T=T_LONG, B=1),
+    f"block (T={T_LONG}, dropout 0.2)": lambda rng: _block_case(rng, 0.2, T=T_LONG, B=1),
 }
 
 
@@ -318,16 +349,18 @@ def check_model(cfg: GPTConfig = TINY, seed: int = 0, model_cls=GPTModel, max_pe
     The input ids are integers and have no gradient; the model's continuous input is the embedding
     table, whose rows the ids select, so the wte / wpe rows checked here are the input gradient.
     Dropout, when cfg.drop_rate > 0, uses a Generator re-created from one seed at every evaluation.
-    The targets include one -100.
+    The targets include one -100. T = context_length - 1; at training lengths (T >= BLAS_MIN_T)
+    one sequence (B = 1) keeps the walk over every element affordable, below it B = 2.
     """
     rng = np.random.default_rng(seed)
     model = model_cls(cfg, seed=seed, dtype=np.float64)
     _randomise(model, rng)
-    B, T = 2, cfg.context_length - 1
+    T = cfg.context_length - 1
+    B = 2 if T < BLAS_MIN_T else 1
     idx = rng.integers(0, cfg.vocab_size, (B, T))
     idx[0, :2] = idx[0, 2]                                      # repeated ids
     targets = rng.integers(0, cfg.vocab_size, (B, T))
-    targets[1, 0] = -100
+    targets[-1, 0] = -100
 
     def L() -> float:
         drop_rng = np.random.default_rng(99) if cfg.drop_rate > 0 else None   # the same masks every time
@@ -358,6 +391,10 @@ MODEL_VARIANTS: dict[str, GPTConfig] = {
     "tied": TINY.replace(tie_weights=True),
     "untied, dropout 0.2": TINY.replace(drop_rate=0.2),
     "tied, dropout 0.2, no qkv bias": TINY.replace(drop_rate=0.2, tie_weights=True, qkv_bias=False),
+    # training shapes (T = context_length - 1 = T_LONG): BLAS attention on the numba path
+    f"untied, T={T_LONG}": TINY.replace(context_length=T_LONG + 1),
+    f"tied, T={T_LONG}, dropout 0.2": TINY.replace(context_length=T_LONG + 1, tie_weights=True,
+                                                   drop_rate=0.2),
 }
 
 
@@ -425,8 +462,12 @@ NEGATIVE_CONTROLS: dict[str, Callable[[], list[CheckResult]]] = {
 def run_all(include_model: bool = True, include_negative: bool = True):
     """Every layer check, the model variants and the negative controls.
 
-    Returns (results, negatives) where negatives maps each control to (caught, its results).
+    Returns (results, negatives) where negatives maps each control to (caught, its results). On
+    the numba path the kernel controls of ``minigpt.gradcheck_mutants`` run too (named
+    "kernel: ..."); a kernel control that can no longer be built raises its ``MutantError``.
     """
+    from minigpt import backend, gradcheck_mutants
+
     results: list[CheckResult] = []
     for name in LAYER_CASES:
         results += check_layer(name)
@@ -438,4 +479,8 @@ def run_all(include_model: bool = True, include_negative: bool = True):
         for name, run in NEGATIVE_CONTROLS.items():
             res = run()
             negatives[name] = (not all(r.passed for r in res), res)
+        if backend.numba_enabled():
+            for control in gradcheck_mutants.KERNEL_CONTROLS:
+                res = gradcheck_mutants.run_control(control)
+                negatives[f"kernel: {control.name}"] = (not all(r.passed for r in res), res)
     return results, negatives
