@@ -122,8 +122,8 @@ def check_op(check: str, forward: Callable[..., np.ndarray], backward: Callable[
     analytic = backward(g, **inputs)
     unknown = set(analytic) - set(inputs)
     if unknown:
-        raise ValueError(f"{check}: the backward returned gradients for {sorted(unknown)}, which are "
-                         f"not inputs ({sorted(inputs)})")
+        raise ValueError(f"{check}: the backward returned gradients for {sorted(unknown)}, which "
+                         f"are not inputs ({sorted(inputs)})")
 
     def L() -> float:
         return float(np.sum(forward(**inputs) * g))
@@ -462,9 +462,10 @@ NEGATIVE_CONTROLS: dict[str, Callable[[], list[CheckResult]]] = {
 def run_all(include_model: bool = True, include_negative: bool = True):
     """Every layer check, the model variants and the negative controls.
 
-    Returns (results, negatives) where negatives maps each control to (caught, its results). On
-    the numba path the kernel controls of ``minigpt.gradcheck_mutants`` run too (named
-    "kernel: ..."); a kernel control that can no longer be built raises its ``MutantError``.
+    Returns (results, negatives) where negatives maps each control to (caught, its results,
+    error). On the numba path the kernel controls of ``minigpt.gradcheck_mutants`` run too (named
+    "kernel: ..."); one that would prove nothing (its edit no longer matches the kernel, or the
+    layers never call the kernel it replaces) is not caught, with its ``MutantError`` as error.
     """
     from minigpt import backend, gradcheck_mutants
 
@@ -478,9 +479,13 @@ def run_all(include_model: bool = True, include_negative: bool = True):
     if include_negative:
         for name, run in NEGATIVE_CONTROLS.items():
             res = run()
-            negatives[name] = (not all(r.passed for r in res), res)
+            negatives[name] = (not all(r.passed for r in res), res, None)
         if backend.numba_enabled():
             for control in gradcheck_mutants.KERNEL_CONTROLS:
-                res = gradcheck_mutants.run_control(control)
-                negatives[f"kernel: {control.name}"] = (not all(r.passed for r in res), res)
+                try:
+                    res = gradcheck_mutants.run_control(control)
+                except gradcheck_mutants.MutantError as e:
+                    negatives[f"kernel: {control.name}"] = (False, [], str(e))
+                    continue
+                negatives[f"kernel: {control.name}"] = (not all(r.passed for r in res), res, None)
     return results, negatives

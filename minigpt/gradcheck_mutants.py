@@ -83,7 +83,8 @@ def _edit_function(src: str, edit: Edit) -> str:
     if body.count(edit.old) != 1:
         raise MutantError(f"expected exactly one {edit.old!r} in {edit.module}.{edit.function}, "
                           f"found {body.count(edit.old)}: the kernel changed, update the control")
-    return "".join(lines[:start]) + body.replace(edit.old, edit.new) + "".join(lines[node.end_lineno:])
+    before, after = "".join(lines[:start]), "".join(lines[node.end_lineno:])
+    return before + body.replace(edit.old, edit.new) + after
 
 
 def _compile_copy(module_name: str, edits: tuple[Edit, ...], replace: list) -> types.ModuleType:
@@ -117,8 +118,8 @@ def build_mutant(control: KernelControl) -> Callable:
         if module_name == src_module:
             continue
         original = importlib.import_module(module_name)
-        copy = _compile_copy(module_name, tuple(e for e in control.edits if e.module == module_name),
-                             [])
+        edits = tuple(e for e in control.edits if e.module == module_name)
+        copy = _compile_copy(module_name, edits, [])
         replace += [(value, getattr(copy, n)) for n, value in vars(original).items()
                     if callable(value) and n in vars(copy)]
     copy = _compile_copy(src_module, tuple(e for e in control.edits if e.module == src_module),
@@ -154,12 +155,13 @@ def run_control(control: KernelControl) -> list[CheckResult]:
         results = check_layer(control.check)
     if calls[0] == 0:
         raise MutantError(f"{control.patch[0]}.{control.patch[1]} was never called by the "
-                          f"{control.check!r} check: the control proved nothing; re-point its patch")
+                          f"{control.check!r} check: the control proved nothing; re-point its "
+                          f"patch")
     return [CheckResult(f"NEG {r.check}", r.tensor, r.equation, r.n_checked, r.max_abs_err,
                         r.max_rel_err, r.passed) for r in results]
 
 
-# --- the controls ----------------------------------------------------------------------------------
+# --- the controls ---------------------------------------------------------------------------------
 # Fused kernel (kernels/attention.py): T < 32, the "attention" check (T = 5).
 # BLAS kernels (kernels/attention_blas.py, softmax in kernels/softmax.py): T >= 32, T = 33 here.
 _FUSED, _BLAS, _SOFTMAX, _LN = "kernels.attention", "kernels.attention_blas", "kernels.softmax", \
@@ -175,7 +177,8 @@ KERNEL_CONTROLS: tuple[KernelControl, ...] = (
     KernelControl(
         "BLAS attention forward: a query also sees the next key",
         patch=("kernels", "attention_forward_blas"), source=(_BLAS, "attention_forward_blas"),
-        edits=(Edit(_SOFTMAX, "_softmax_fwd", "last = i + off", "last = min(i + off + 1, Tk - 1)"),),
+        edits=(Edit(_SOFTMAX, "_softmax_fwd", "last = i + off",
+                    "last = min(i + off + 1, Tk - 1)"),),
         check=_LONG),
     KernelControl(
         "fused attention backward without the 1/sqrt(hs) scale",

@@ -79,7 +79,8 @@ def test_negative_control_is_caught(name):
 @pytest.mark.parametrize("control", gm.KERNEL_CONTROLS, ids=lambda c: c.name)
 def test_kernel_negative_control_is_caught(control):
     """A Numba kernel with one bug (built from its own source) fails the check its real version
-    passes, by far; the real kernel is back in place afterwards, on the backend the test began with."""
+    passes, by far; the real kernel is back in place afterwards, on the backend the test began
+    with."""
     real = getattr(kernels, control.patch[1])
     start = backend.get_backend()
     results = gm.run_control(control)
@@ -95,19 +96,20 @@ def test_kernel_controls_cover_both_attention_kernels_and_layernorm():
     for kernel in ("attention_forward_numba", "attention_backward_numba", "attention_forward_blas",
                    "attention_backward_blas", "layernorm_backward_numba"):
         assert kernel in patched
-    assert {c.check for c in gm.KERNEL_CONTROLS if "blas" in c.patch[1]} == {f"attention (T={gc.T_LONG})"}
+    blas_checks = {c.check for c in gm.KERNEL_CONTROLS if "blas" in c.patch[1]}
+    assert blas_checks == {f"attention (T={gc.T_LONG})"}
 
 
 def test_kernel_control_refuses_an_edit_that_no_longer_matches():
     """A refactor of the kernel must not silently turn a control into a no-op."""
     c = gm.KERNEL_CONTROLS[0]
+    e = c.edits[0]
     stale = gm.KernelControl(c.name, c.patch, c.source,
-                             (gm.Edit(c.edits[0].module, c.edits[0].function, "no such text", "x"),),
-                             c.check)
+                             (gm.Edit(e.module, e.function, "no such text", "x"),), c.check)
     with pytest.raises(gm.MutantError, match="exactly one"):
         gm.build_mutant(stale)
     gone = gm.KernelControl(c.name, c.patch, c.source,
-                            (gm.Edit(c.edits[0].module, "no_such_function", "a", "b"),), c.check)
+                            (gm.Edit(e.module, "no_such_function", "a", "b"),), c.check)
     with pytest.raises(gm.MutantError, match="no top-level function"):
         gm.build_mutant(gone)
 
