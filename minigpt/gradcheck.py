@@ -13,13 +13,14 @@ and the two must agree under the combined criterion (eq. 10.2)
 Why these numbers. The error of a central difference is truncation, h^2 |L'''| / 6, plus round-off,
 about eps_mach * |L| / h (eps_mach = 2.2e-16; |L| is up to ~100 for the block checks, a sum over
 every output times a random upstream). With h = 1e-6 the round-off term dominates (measured worst
-case over the layer checks: 1.9e-8); h = 1e-5 balances the two (measured worst case 1.7e-9, with
-truncation h^2/6 ~ 1.7e-11 * |L'''|). atol = 1e-7 then sits ~60x above the measured noise floor and handles
-gradients that are exactly zero, like the key bias of attention, where a relative error means
-nothing; rtol = 1e-5 covers large gradients, whose round-off grows with them. A real bug moves a
-gradient by a sizeable fraction of itself: the negative controls below miss by 1e-3 to 2, far
-outside. Float64 is required: in float32 eps_mach is 1.2e-7 and the round-off term alone swamps the
-gradient.
+case over the layer checks: 1.9e-8); h = 1e-5 balances the two (measured worst case 1.7e-9 at
+T = 5, with truncation h^2/6 ~ 1.7e-11 * |L'''|; 1.0e-8 for the block at T = 33, whose L sums
+more outputs and whose gradients are sums over 33 positions). atol = 1e-7 then sits 10x above the
+measured noise floor and handles gradients that are exactly zero, like the key bias of attention,
+where a relative error means nothing; rtol = 1e-5 covers large gradients, whose round-off grows
+with them. A real bug moves a gradient by a sizeable fraction of itself: the negative controls miss
+by 5e-3 to 3, far outside. Float64 is required: in float32 eps_mach is 1.2e-7 and the round-off
+term alone swamps the gradient.
 
 Training runs attention on other code than a short check would: from T = 32 on (``BLAS_MIN_T``) the
 numba path computes it with the BLAS kernels of kernels/attention_blas.py, below it with one fused
