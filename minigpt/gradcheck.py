@@ -13,16 +13,23 @@ and the two must agree under the combined criterion (eq. 10.2)
 Why these numbers. The error of a central difference is truncation, h^2 |L'''| / 6, plus round-off,
 about eps_mach * |L| / h (eps_mach = 2.2e-16; |L| is up to ~100 for the block checks, a sum over
 every output times a random upstream). With h = 1e-6 the round-off term dominates (measured worst
-case over the layer checks: 1.9e-8); h = 1e-5 balances the two (measured worst case 1.7e-9, with
-truncation h^2/6 ~ 1.7e-11 * |L'''|). atol = 1e-7 then sits ~60x above the measured noise floor and handles
-gradients that are exactly zero, like the key bias of attention, where a relative error means
-nothing; rtol = 1e-5 covers large gradients, whose round-off grows with them. A real bug moves a
-gradient by a sizeable fraction of itself: the negative controls below miss by 1e-3 to 2, far
-outside. Float64 is required: in float32 eps_mach is 1.2e-7 and the round-off term alone swamps the
-gradient.
+case over the layer checks: 1.9e-8); h = 1e-5 balances the two (measured worst case 1.7e-9 at
+T = 5, with truncation h^2/6 ~ 1.7e-11 * |L'''|; 1.0e-8 for the block at T = 33, whose L sums
+more outputs and whose gradients are sums over 33 positions). atol = 1e-7 then sits 10x above the
+measured noise floor and handles gradients that are exactly zero, like the key bias of attention,
+where a relative error means nothing; rtol = 1e-5 covers large gradients, whose round-off grows
+with them. A real bug moves a gradient by a sizeable fraction of itself: the negative controls miss
+by 5e-3 to 3, far outside. Float64 is required: in float32 eps_mach is 1.2e-7 and the round-off
+term alone swamps the gradient.
+
+Training runs attention on other code than a short check would: from T = 32 on (``BLAS_MIN_T``) the
+numba path computes it with the BLAS kernels of kernels/attention_blas.py, below it with one fused
+Numba kernel. So attention, a block and the whole model are checked at both: T = 5 and T = 33 (odd,
+past the switch; ``minigpt gradcheck`` runs each path).
 
 Every check here has a negative control (a deliberately wrong backward) that must FAIL the same
-criterion, proving the check can fail.
+criterion, proving the check can fail: below, NumPy backwards swapped in; in
+``minigpt.gradcheck_mutants``, the Numba kernels themselves with one bug each.
 
 The layer checks call the ops through ``minigpt.backend.ops()`` at the moment they run, so
 ``with backend.use("numba")`` checks the kernels and ``with backend.use("numpy")`` the layers.
@@ -39,6 +46,7 @@ from minigpt import backend
 from minigpt.block import block_backward, block_forward
 from minigpt.config import GPTConfig
 from minigpt.model import GPTModel
+from kernels.attention import BLAS_MIN_T
 
 
 class _ActiveOps:
@@ -52,6 +60,8 @@ class _ActiveOps:
 ops = _ActiveOps()
 
 EPS = 1e-5
+T_LONG = 33                 # training-shape checks: odd, and >= BLAS_MIN_T so BLAS attention runs
+assert T_LONG >= BLAS_MIN_T
 ATOL = 1e-7
 RTOL = 1e-5
 
@@ -113,19 +123,32 @@ def check_op(check: str, forward: Callable[..., np.ndarray], backward: Callable[
              inputs: dict[str, np.ndarray], equation: str, seed: int = 0) -> list[CheckResult]:
     """Check an op given as ``forward(**inputs) -> y`` and ``backward(g, **inputs) -> {name: dname}``.
 
-    The upstream gradient g is random normal (a fixed seed); every input named in the backward's
-    result is checked over every element.
+    The upstream gradient g is random normal (a fixed seed); every input is checked over every
+    element. An input the backward returns no gradient for fails (a gradient of NaN), and a
+    gradient for a name that is not an input is an error.
     """
     rng = np.random.default_rng(seed)
     y = forward(**inputs)
     g = rng.standard_normal(np.shape(y))
     analytic = backward(g, **inputs)
+    unknown = set(analytic) - set(inputs)
+    if unknown:
+        raise ValueError(f"{check}: the backward returned gradients for {sorted(unknown)}, which "
+                         f"are not inputs ({sorted(inputs)})")
 
     def L() -> float:
         return float(np.sum(forward(**inputs) * g))
 
-    return [compare(check, name, grad, numerical_gradient(L, inputs[name]), equation)
-            for name, grad in analytic.items()]
+    results = []
+    for name, x in inputs.items():
+        grad = analytic.get(name)
+        if grad is None:                # no gradient at all: NaN, which fails the criterion
+            grad = np.full(x.shape, np.nan)
+        if np.shape(grad) != x.shape:
+            raise ValueError(f"{check}: gradient of {name} has shape {np.shape(grad)}, the input "
+                             f"{x.shape}")
+        results.append(compare(check, name, grad, numerical_gradient(L, x), equation))
+    return results
 
 
 # --- the layer checks -------------------------------------------------------------------------------
@@ -212,9 +235,9 @@ def _softmax_case(rng, backward=None):
     return fwd, bwd, inputs, "6.6"
 
 
-def _attention_case(rng, drop_rate=0.0, n_heads=3, hs=4, T=5):
+def _attention_case(rng, drop_rate=0.0, n_heads=3, hs=4, T=5, B=2):
     C = n_heads * hs
-    inputs = {"qkv": rng.standard_normal((2, T, 3 * C))}
+    inputs = {"qkv": rng.standard_normal((B, T, 3 * C))}
 
     def fwd(qkv):
         return ops.attention_forward(qkv, n_heads, drop_rate, np.random.default_rng(3))[0]
@@ -252,8 +275,8 @@ def _block_params(rng, C, qkv_bias=True):
     return p
 
 
-def _block_case(rng, drop_rate=0.0, n_heads=2, C=8, T=5):
-    inputs = {"x": rng.standard_normal((2, T, C))} | _block_params(rng, C)
+def _block_case(rng, drop_rate=0.0, n_heads=2, C=8, T=5, B=2):
+    inputs = {"x": rng.standard_normal((B, T, C))} | _block_params(rng, C)
 
     def fwd(x, **p):
         return block_forward(x, p, n_heads, drop_rate, np.random.default_rng(11))[0]
@@ -279,6 +302,11 @@ LAYER_CASES: dict[str, Callable] = {
     "cross-entropy (-100 ignored)": _cross_entropy_case,
     "block": _block_case,
     "block (dropout 0.2)": lambda rng: _block_case(rng, drop_rate=0.2),
+    # training shapes: on the numba path these run the BLAS attention kernels (T >= BLAS_MIN_T)
+    f"attention (T={T_LONG})": lambda rng: _attention_case(rng, T=T_LONG),
+    f"attention (T={T_LONG}, dropout 0.3)": lambda rng: _attention_case(rng, 0.3, T=T_LONG),
+    f"block (T={T_LONG})": lambda rng: _block_case(rng, T=T_LONG, B=1),
+    f"block (T={T_LONG}, dropout 0.2)": lambda rng: _block_case(rng, 0.2, T=T_LONG, B=1),
 }
 
 
@@ -327,16 +355,18 @@ def check_model(cfg: GPTConfig = TINY, seed: int = 0, model_cls=GPTModel, max_pe
     The input ids are integers and have no gradient; the model's continuous input is the embedding
     table, whose rows the ids select, so the wte / wpe rows checked here are the input gradient.
     Dropout, when cfg.drop_rate > 0, uses a Generator re-created from one seed at every evaluation.
-    The targets include one -100.
+    The targets include one -100. T = context_length - 1; at training lengths (T >= BLAS_MIN_T)
+    one sequence (B = 1) keeps the walk over every element affordable, below it B = 2.
     """
     rng = np.random.default_rng(seed)
     model = model_cls(cfg, seed=seed, dtype=np.float64)
     _randomise(model, rng)
-    B, T = 2, cfg.context_length - 1
+    T = cfg.context_length - 1
+    B = 2 if T < BLAS_MIN_T else 1
     idx = rng.integers(0, cfg.vocab_size, (B, T))
     idx[0, :2] = idx[0, 2]                                      # repeated ids
     targets = rng.integers(0, cfg.vocab_size, (B, T))
-    targets[1, 0] = -100
+    targets[-1, 0] = -100
 
     def L() -> float:
         drop_rng = np.random.default_rng(99) if cfg.drop_rate > 0 else None   # the same masks every time
@@ -367,6 +397,10 @@ MODEL_VARIANTS: dict[str, GPTConfig] = {
     "tied": TINY.replace(tie_weights=True),
     "untied, dropout 0.2": TINY.replace(drop_rate=0.2),
     "tied, dropout 0.2, no qkv bias": TINY.replace(drop_rate=0.2, tie_weights=True, qkv_bias=False),
+    # training shapes (T = context_length - 1 = T_LONG): BLAS attention on the numba path
+    f"untied, T={T_LONG}": TINY.replace(context_length=T_LONG + 1),
+    f"tied, T={T_LONG}, dropout 0.2": TINY.replace(context_length=T_LONG + 1, tie_weights=True,
+                                                   drop_rate=0.2),
 }
 
 
@@ -434,8 +468,13 @@ NEGATIVE_CONTROLS: dict[str, Callable[[], list[CheckResult]]] = {
 def run_all(include_model: bool = True, include_negative: bool = True):
     """Every layer check, the model variants and the negative controls.
 
-    Returns (results, negatives) where negatives maps each control to (caught, its results).
+    Returns (results, negatives) where negatives maps each control to (caught, its results,
+    error). On the numba path the kernel controls of ``minigpt.gradcheck_mutants`` run too (named
+    "kernel: ..."); one that would prove nothing (its edit no longer matches the kernel, or the
+    layers never call the kernel it replaces) is not caught, with its ``MutantError`` as error.
     """
+    from minigpt import backend, gradcheck_mutants
+
     results: list[CheckResult] = []
     for name in LAYER_CASES:
         results += check_layer(name)
@@ -446,5 +485,13 @@ def run_all(include_model: bool = True, include_negative: bool = True):
     if include_negative:
         for name, run in NEGATIVE_CONTROLS.items():
             res = run()
-            negatives[name] = (not all(r.passed for r in res), res)
+            negatives[name] = (not all(r.passed for r in res), res, None)
+        if backend.numba_enabled():
+            for control in gradcheck_mutants.KERNEL_CONTROLS:
+                try:
+                    res = gradcheck_mutants.run_control(control)
+                except gradcheck_mutants.MutantError as e:
+                    negatives[f"kernel: {control.name}"] = (False, [], str(e))
+                    continue
+                negatives[f"kernel: {control.name}"] = (not all(r.passed for r in res), res, None)
     return results, negatives

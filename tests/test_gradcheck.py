@@ -4,16 +4,57 @@ negative controls that prove the check can fail."""
 import numpy as np
 import pytest
 
+import kernels
+from minigpt import backend
 from minigpt import gradcheck as gc
+from minigpt import gradcheck_mutants as gm
+from minigpt.model import GPTModel
+
+pytestmark = pytest.mark.usefixtures("one_numba_thread")
 
 
 @pytest.mark.parametrize("name", list(gc.LAYER_CASES))
 def test_layer_gradients(name):
-    """Layers alone and one block: eqs. 1.2-1.3, 2.4-2.6, 3.2-3.4, 4.2, 5.2, 6.5-6.7, 7.3, 8.3."""
+    """Layers alone and one block: eqs. 1.2-1.3, 2.4-2.6, 3.2-3.4, 4.2, 5.2, 6.5-6.7, 7.3, 8.3.
+    Exactly the case's inputs are checked, each over every element, and each passes."""
+    _, _, inputs, _ = gc.LAYER_CASES[name](np.random.default_rng(0))
     results = gc.check_layer(name)
-    assert results, "the case checked nothing"
+    assert [r.tensor for r in results] == list(inputs)
+    assert [r.n_checked for r in results] == [x.size for x in inputs.values()]
     bad = [r for r in results if not r.passed]
     assert not bad, bad
+
+
+def test_training_shape_cases_run_the_blas_kernels():
+    """The T = 33 cases exist for attention, dropout, the block and the model, and on the numba
+    path they really go through the BLAS attention kernels (T >= BLAS_MIN_T)."""
+    from kernels.attention import BLAS_MIN_T
+
+    assert gc.T_LONG >= BLAS_MIN_T and gc.T_LONG % 2 == 1
+    long_cases = [n for n in gc.LAYER_CASES if f"T={gc.T_LONG}" in n]
+    assert {n.split(" (")[0] for n in long_cases} == {"attention", "block"}
+    assert sum("dropout" in n for n in long_cases) == 2
+    long_models = [k for k, cfg in gc.MODEL_VARIANTS.items() if cfg.context_length - 1 == gc.T_LONG]
+    assert len(long_models) == 2 and any(gc.MODEL_VARIANTS[k].drop_rate > 0 for k in long_models)
+    calls = {"fwd": 0, "bwd": 0}
+    import kernels.attention_blas as blas
+
+    real_f, real_b = blas.heads_forward, blas.heads_backward
+
+    def f(*a, **k):
+        calls["fwd"] += 1
+        return real_f(*a, **k)
+
+    def b(*a, **k):
+        calls["bwd"] += 1
+        return real_b(*a, **k)
+
+    with backend.use("numba"), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(blas, "heads_forward", f)
+        mp.setattr(blas, "heads_backward", b)
+        fwd, bwd, inputs, _ = gc.LAYER_CASES[f"block (T={gc.T_LONG})"](np.random.default_rng(0))
+        bwd(np.ones_like(fwd(**inputs)), **inputs)
+    assert calls["fwd"] >= 1 and calls["bwd"] == 1
 
 
 @pytest.mark.parametrize("variant", list(gc.MODEL_VARIANTS))
@@ -21,10 +62,9 @@ def test_model_gradients_every_element(variant):
     """The whole model (eqs. 9.1-9.2 and the chain of section 9): every element of every parameter."""
     cfg = gc.MODEL_VARIANTS[variant]
     results = gc.check_model(cfg, label=variant)
-    from minigpt.model import param_shapes
-    shapes = param_shapes(cfg)
-    assert [r.tensor for r in results] == list(shapes)
-    assert sum(r.n_checked for r in results) == sum(int(np.prod(s)) for s in shapes.values())
+    params = GPTModel(cfg, seed=0, dtype=np.float64).params
+    assert [r.tensor for r in results] == list(params)
+    assert [r.n_checked for r in results] == [p.size for p in params.values()]
     bad = [r for r in results if not r.passed]
     assert not bad, bad
 
@@ -36,6 +76,108 @@ def test_negative_control_is_caught(name):
     assert any(not r.passed for r in results), f"the checker did not catch: {name}"
     # and not by a hair: the error is far above the tolerance
     assert max(r.max_abs_err for r in results) > 100 * gc.ATOL
+
+
+@pytest.mark.parametrize("control", gm.KERNEL_CONTROLS, ids=lambda c: c.name)
+def test_kernel_negative_control_is_caught(control):
+    """A Numba kernel with one bug (built from its own source) fails the check its real version
+    passes, by far; the real kernel is back in place afterwards, on the backend the test began
+    with."""
+    real = getattr(kernels, control.patch[1])
+    start = backend.get_backend()
+    results = gm.run_control(control)
+    assert getattr(kernels, control.patch[1]) is real and backend.get_backend() == start
+    assert any(not r.passed for r in results), f"the checker did not catch: {control.name}"
+    assert max(r.max_abs_err for r in results) > 100 * gc.ATOL
+    _, _, inputs, _ = gc.LAYER_CASES[control.check](np.random.default_rng(0))
+    assert [r.tensor for r in results] == list(inputs)
+
+
+def test_kernel_controls_cover_both_attention_kernels_and_layernorm():
+    patched = [c.patch for c in gm.KERNEL_CONTROLS]
+    for kernel in (("kernels.attention", "heads_forward"), ("kernels.attention", "heads_backward"),
+                   ("kernels.attention_blas", "heads_forward"),
+                   ("kernels.attention_blas", "heads_backward"),
+                   ("minigpt.kernel_ops", "layernorm_backward")):
+        assert kernel in patched
+    blas_checks = {c.check for c in gm.KERNEL_CONTROLS if "blas" in c.patch[0]}
+    assert blas_checks == {f"attention (T={gc.T_LONG})"}
+
+
+def test_kernel_control_refuses_an_edit_that_no_longer_matches():
+    """A refactor of the kernel must not silently turn a control into a no-op."""
+    c = gm.KERNEL_CONTROLS[0]
+    e = c.edits[0]
+    stale = gm.KernelControl(c.name, c.patch, c.source,
+                             (gm.Edit(e.module, e.function, "no such text", "x"),), c.check)
+    with pytest.raises(gm.MutantError, match="exactly one"):
+        gm.build_mutant(stale)
+    gone = gm.KernelControl(c.name, c.patch, c.source,
+                            (gm.Edit(e.module, "no_such_function", "a", "b"),), c.check)
+    with pytest.raises(gm.MutantError, match="no top-level function"):
+        gm.build_mutant(gone)
+
+
+def test_kernel_control_refuses_a_kernel_the_layers_never_call():
+    """A mutant patched where the layer code does not look (here: the BLAS kernel under a T = 5
+    check, which runs the fused one) must raise, not pass as 'caught' or 'missed'."""
+    import kernels.attention_blas as blas
+
+    c = next(c for c in gm.KERNEL_CONTROLS if c.patch == ("kernels.attention_blas", "heads_backward"))
+    unused = gm.KernelControl(c.name, c.patch, c.source, c.edits, "attention")
+    real = blas.heads_backward
+    with pytest.raises(gm.MutantError, match="never called"):
+        gm.run_control(unused)
+    assert blas.heads_backward is real
+
+
+def _zeroed(name):
+    """The layernorm case with a backward that returns zeros for ``name``."""
+    fwd, bwd, inputs, eq = gc._layernorm_case(np.random.default_rng(0))
+
+    def wrong(g, **kw):
+        grads = bwd(g, **kw)
+        grads[name] = np.zeros_like(grads[name])
+        return grads
+    return fwd, wrong, inputs, eq
+
+
+@pytest.mark.parametrize("name", ["x", "w", "b"])
+def test_backward_returning_zeros_for_one_input_fails(name):
+    results = gc.check_op("zeroed", *_zeroed(name))
+    assert [r.tensor for r in results if not r.passed] == [name]
+
+
+def test_backward_omitting_an_input_fails():
+    """A backward that stops returning one gradient fails that input instead of checking less."""
+    fwd, bwd, inputs, eq = gc._layernorm_case(np.random.default_rng(0))
+
+    def omits_b(g, **kw):
+        grads = bwd(g, **kw)
+        del grads["b"]
+        return grads
+    results = gc.check_op("omits b", fwd, omits_b, inputs, eq)
+    assert [r.tensor for r in results] == ["x", "w", "b"]
+    assert [r.passed for r in results] == [True, True, False]
+
+
+def test_backward_returning_a_gradient_for_no_input_is_an_error():
+    fwd, bwd, inputs, eq = gc._layernorm_case(np.random.default_rng(0))
+    with pytest.raises(ValueError, match="not inputs"):
+        gc.check_op("extra", fwd, lambda g, **kw: bwd(g, **kw) | {"y": np.zeros(3)}, inputs, eq)
+
+
+def test_model_check_with_a_zeroed_parameter_gradient_fails():
+    """The model check compares every parameter: a loss_and_grads that leaves one at zero fails."""
+
+    class LostBias(GPTModel):
+        def loss_and_grads(self, *args, **kwargs):
+            out = super().loss_and_grads(*args, **kwargs)
+            self.grads["ln_f.bias"][...] = 0.0
+            return out
+
+    results = gc.check_model(gc.TINY, model_cls=LostBias, label="lost ln_f.bias", max_per_tensor=4)
+    assert [r.tensor for r in results if not r.passed] == ["ln_f.bias"]
 
 
 def test_key_bias_gradient_is_exactly_zero_and_passes():
