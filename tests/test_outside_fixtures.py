@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import kernels
 import minigpt
-from minigpt.layers.attention import BLAS_MIN_T
+from kernels.attention import BLAS_MIN_T
 from safetensors import safe_open
 from minigpt.tokenizer import R50K_PATTERN, Tokenizer
 
@@ -241,9 +240,11 @@ def test_training_model_equals_pytorch(torch_ref, path, monkeypatch):
     info, tensors = torch_ref
     model = fixture_model(info, tensors)
     calls = []                                   # which attention kernels the numba path takes
-    for name in ("attention_forward_blas", "attention_backward_blas"):
-        kernel = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *a, _k=kernel, _n=name, **kw: (
+    import kernels.attention_blas as blas
+
+    for name in ("heads_forward", "heads_backward"):  # the BLAS attention kernels, by module
+        kernel = getattr(blas, name)
+        monkeypatch.setattr(blas, name, lambda *a, _k=kernel, _n=name, **kw: (
             calls.append(_n), _k(*a, **kw))[1])
     with minigpt.backend.use(path):
         got = model_outputs(model, tensors)
@@ -251,7 +252,7 @@ def test_training_model_equals_pytorch(torch_ref, path, monkeypatch):
     assert len(got) == 2 + len(model.params) == 29
     assert err <= TOL, f"{name}: {err:.2e}"
     L = model.cfg.n_layers                       # forward, then forward + backward of the loss
-    want_calls = {"attention_forward_blas": 2 * L, "attention_backward_blas": L}
+    want_calls = {"heads_forward": 2 * L, "heads_backward": L}
     assert {n: calls.count(n) for n in set(calls)} == (want_calls if path == "numba" else {})
 
 
