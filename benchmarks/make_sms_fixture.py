@@ -95,7 +95,8 @@ def main() -> int:
     # negative control: the same read with quoting off sees every line as its own row
     df_noquote = pd.read_csv(DATA, sep="\t", header=None, names=["Label", "Text"], quoting=csv.QUOTE_NONE)
 
-    # the rows whose text pandas' quoting changes (a field opening with '"' runs to its closing quote)
+    # the file's physical lines: pandas' quoting joins some (a text opening with '"' runs to its
+    # closing quote), so there are more lines than rows
     with open(DATA, encoding="utf-8") as f:
         n_lines = sum(1 for _ in f)
 
