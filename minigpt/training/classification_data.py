@@ -309,10 +309,9 @@ class ClassificationDataset:
         if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 1:
             raise ValueError(f"max_length must be a positive int, got {max_length!r}")
         if context_length is not None and max_length > context_length:
-            i = int(np.argmax([len(ids) for ids in encoded])) if encoded else 0
             raise ValueError(f"max_length {max_length} exceeds the model's context_length "
-                             f"{context_length} (the longest text is row {int(data.rows[i])}, "
-                             f"{longest} tokens); pass a smaller max_length or truncate=True")
+                             f"{context_length} (the longest text has {longest} tokens); pass a "
+                             f"smaller max_length, or truncate=True to cut texts to the context")
         if not truncate:
             for i, ids in enumerate(encoded):
                 if len(ids) > max_length:
