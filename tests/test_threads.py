@@ -8,9 +8,10 @@ What is proven here (and stated in README.md, docs/kernels.md, docs/training.md)
   bound of a float64 NumPy product: |got - ref| <= K * u * (|a| @ |b|), u the unit roundoff.
 - At one thread count, the same call gives the same bits every time, wherever the inputs lie in
   memory. Across thread counts ``bmm`` and the Numba kernels the model trains with are bit-identical
-  except GELU's backward (the vectorised and the scalar tail of each thread's chunk round
-  differently), while a split ``gemm`` is not: OpenBLAS rounds a block of rows differently from the
-  whole product, so a training step's loss and gradients change in the last bits with the count.
+  except GELU's backward (the vectorised loop and the scalar tail of each thread's chunk may round
+  differently); a split ``gemm`` and a whole training step are only within rounding (OpenBLAS may
+  round a block of rows differently from the whole product; tests/test_train.py shows a run resumed
+  at another thread count ending with other bits).
 - A training run at 2 (and 3) threads gives the same bits twice (in one process here; across
   processes, with kill -9 and resume, in tests/test_train.py).
 
@@ -251,7 +252,7 @@ def kernel_outputs(dtype) -> dict:
     import kernels as K
 
     r = np.random.default_rng(1)
-    B, H, T, hs = 5, 3, 37, 24
+    B, H, T, hs = 5, 3, 61, 24  # B*H*T*T*hs above kernels.attention.SERIAL_BELOW: the parallel kernel
     C = H * hs
     qkv = r.normal(size=(B, T, 3 * C)).astype(dtype)
     q, k, v = (heads(qkv, B, T, H, hs, i, 3) for i in range(3))
@@ -327,7 +328,7 @@ def training_run(steps=8) -> np.ndarray:
     model = GPTModel(GPTConfig(**MODEL), seed=1)
     opt = AdamW(model, lr=3e-3, weight_decay=0.1)
     train(model, opt, DataLoader(x, y, batch_size=BATCH, shuffle=True, seed=7), None,
-          settings=TrainSettings(epochs=1, max_steps=steps, clip=1.0, eval_freq=100, seed=11,
+          settings=TrainSettings(epochs=steps, max_steps=steps, clip=1.0, eval_freq=100, seed=11,
                                  progress=False, plot=False),
           print_fn=lambda s: None)
     return model.flat_params.copy()
@@ -384,6 +385,13 @@ def test_numba_kernels_across_thread_counts(child_report, threads, dtype):
     for name in CLOSE_ACROSS_COUNTS:  # the model step sums over more terms: 100x the margin
         rel = REL[dtype] * (100 if name == "model_step" else 1)
         assert got[f"{name} {dtype} {threads}"]["rel"] < rel, name
+
+
+def test_the_comparison_sees_a_difference(child_report):
+    """Negative control for the checks above: a parallel sum (``sumsq``, not used in training) adds
+    in per-thread partials, so at 2 or 3 threads it is not bit-identical to 1 thread."""
+    got = child_report["kernels"]
+    assert not all(got[f"sumsq {d} {n}"]["same_as_1"] for d in ("float32", "float64") for n in (2, 3))
 
 
 @pytest.mark.parametrize("threads", ["2", "3"])
