@@ -172,8 +172,10 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndar
 
     Large products are cut into ``get_threads()`` blocks of rows of the result (or of columns
     when N > M), each a single-threaded BLAS call on its own slice of ``out``: no two blocks
-    write the same element, and the sum over K is done by BLAS in one piece (the same rounding
-    as ``a @ b`` up to BLAS's own blocking).
+    write the same element, and the sum over K is done by BLAS in one piece. A block is not
+    always rounded as in the unsplit ``a @ b`` (OpenBLAS's blocking depends on the block's size),
+    so the bits depend on the thread count; at one count they are the same on every call
+    (tests/test_threads.py).
     """
     M, K = a.shape
     N = b.shape[1]
@@ -215,7 +217,8 @@ def bmm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
     """Batched a (B, H, M, K) @ b (B, H, K, N) -> (B, H, M, N), any strides, into ``out`` if given.
 
     The batch is split along B (or H when B is smaller than the thread count) into one block per
-    thread, each a NumPy ``matmul`` (BLAS per (b, h) slice, one thread).
+    thread, each a NumPy ``matmul`` (BLAS per (b, h) slice, one thread): the same BLAS calls as an
+    unsplit ``matmul``, so the same bits at any thread count.
     """
     if out is None:
         out = np.empty(a.shape[:-1] + b.shape[-1:], dtype=np.result_type(a, b))
