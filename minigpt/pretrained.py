@@ -52,8 +52,8 @@ STANDARD_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}
 # Buffers some checkpoints store beside the weights: the causal mask and its fill value.
 _SKIP = re.compile(r"^(h\.\d+\.attn\.(bias|masked_bias)|trf_blocks\.\d+\.att\.mask)$")
 _PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl")
-_BLOCK_BYTES = 16 << 20  # bytes read per safetensors handle (see SafetensorsWeights)
-_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}  # anything else is refused on reading
+_BLOCK_BYTES = 4 << 20  # bytes read per safetensors handle (see SafetensorsWeights)
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2}  # the dtypes read; anything else is refused
 
 
 class SafetensorsError(ValueError):
@@ -120,8 +120,8 @@ class SafetensorsWeights:
         code, shape = self._info[name]
         if code not in _ITEMSIZE:
             raise SafetensorsError(f"{self._file[name]}: tensor {name!r} is {code}; minigpt reads "
-                                   f"{', '.join(c for c in _ITEMSIZE if c != 'BF16')} (NumPy has no "
-                                   f"bfloat16): save the checkpoint in float32")
+                                   f"{', '.join(_ITEMSIZE)} (NumPy has no bfloat16): save the "
+                                   f"checkpoint in float32")
         row_bytes = _ITEMSIZE[code] * math.prod(shape[1:])
         if not shape or row_bytes * shape[0] <= _BLOCK_BYTES:
             with _open(self._file[name]) as f:
