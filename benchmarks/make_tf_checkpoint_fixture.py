@@ -32,7 +32,7 @@ except ImportError as e:
     print(f"skipped: this needs TensorFlow ({e}); see the docstring")
     sys.exit(0)
 
-from minigpt.safetensors_io import save_file
+from minigpt.checkpoint import save_tensors as save_file
 from minigpt.tf_checkpoint import TFCheckpoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ Loading is strict: every tensor the configuration needs must be present with its
 unknown may be left over (stored attention masks, ``h.{i}.attn.bias`` / ``attn.masked_bias`` and the
 book's ``trf_blocks.{i}.att.mask``, are recognised buffers and skipped), and a head stored beside a
 config that says "tied" must equal ``wte``. Files are read with the ``safetensors`` package, in blocks
-of at most 16 MiB copied straight into the model's flat parameter buffer, so the weights are not held
+of a few MiB copied straight into the model's flat parameter buffer, so the weights are not held
 twice (``SafetensorsWeights``).
 """
 
@@ -52,8 +52,8 @@ STANDARD_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}
 # Buffers some checkpoints store beside the weights: the causal mask and its fill value.
 _SKIP = re.compile(r"^(h\.\d+\.attn\.(bias|masked_bias)|trf_blocks\.\d+\.att\.mask)$")
 _PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl")
-_BLOCK_BYTES = 4 << 20  # bytes read per safetensors handle (see SafetensorsWeights)
-_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2}  # the dtypes read; anything else is refused
+_BLOCK_BYTES = 4 << 20  # bytes (counted as float64) read per safetensors handle, see below
+_READABLE = ("F64", "F32", "F16")  # the dtypes read; anything else is refused
 
 
 class SafetensorsError(ValueError):
@@ -67,7 +67,7 @@ class SafetensorsWeights:
     its ``max_shard_size``), read with the ``safetensors`` package.
 
     ``safe_open`` maps the file into memory, and every page a read touches stays resident (and
-    counts in the process's memory) until the handle is closed. So each block of at most 16 MiB is
+    counts in the process's memory) until the handle is closed. So each block of at most 4 MiB is
     read through its own short-lived handle and copied into its place: loading 124M then costs the
     model's own buffer plus one block, not the file twice (``benchmarks/pretrained_memory.py``).
     """
@@ -116,13 +116,13 @@ class SafetensorsWeights:
         return self._info[name][1]
 
     def blocks(self, name: str):
-        """``(start, stop, rows)``: the tensor in blocks of whole rows (axis 0) of <= 16 MiB."""
+        """``(start, stop, rows)``: the tensor in blocks of whole rows (axis 0), <= 4 MiB."""
         code, shape = self._info[name]
-        if code not in _ITEMSIZE:
+        if code not in _READABLE:
             raise SafetensorsError(f"{self._file[name]}: tensor {name!r} is {code}; minigpt reads "
-                                   f"{', '.join(_ITEMSIZE)} (NumPy has no bfloat16): save the "
+                                   f"{', '.join(_READABLE)} (NumPy has no bfloat16): save the "
                                    f"checkpoint in float32")
-        row_bytes = _ITEMSIZE[code] * math.prod(shape[1:])
+        row_bytes = 8 * math.prod(shape[1:])  # as if float64: equal shapes, equal blocks
         if not shape or row_bytes * shape[0] <= _BLOCK_BYTES:
             with _open(self._file[name]) as f:
                 yield 0, (shape[0] if shape else None), _read(f, name, None)
@@ -507,7 +507,8 @@ def _equal(f, a: str, b: str) -> bool:
         return False
     if not hasattr(f, "blocks"):  # a TensorFlow checkpoint: small enough to compare whole
         return bool(np.array_equal(f.get(a), f.get(b)))
-    return all(np.array_equal(ra, rb) for (_, _, ra), (_, _, rb) in zip(f.blocks(a), f.blocks(b)))
+    pairs = zip(f.blocks(a), f.blocks(b), strict=True)  # in blocks: bounded memory for 50257 x 1600
+    return all(np.array_equal(ra, rb) for (_, _, ra), (_, _, rb) in pairs)
 
 
 def _check_keys(cfg: GPTConfig, fmt: str, plan: dict[str, list[Piece]],
