@@ -150,17 +150,16 @@ def model_dir(name: str, *, offline: bool | None = None, progress: bool = True,
     return path.parent
 
 
-def _why(e: Exception) -> str:
+def _why(e: BaseException) -> str:
     """One line for what huggingface_hub (or the network below it) raised."""
-    if isinstance(e, (EntryNotFoundError, RepositoryNotFoundError)):
-        return "HTTP 404: no such file on this server"
-    status = getattr(getattr(e, "response", None), "status_code", None)
     cause = e.__cause__ or e.__context__
-    if status is None and isinstance(e, LocalEntryNotFoundError) and cause is not None:
-        return _why(cause)  # "cannot find the requested files in the local cache": say why not
+    if isinstance(e, LocalEntryNotFoundError):  # "not in the local cache either": say why not
+        return _why(cause) if cause is not None else "not found in the cache, and no answer"
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status == 404 or isinstance(e, (EntryNotFoundError, RepositoryNotFoundError)):
+        return "HTTP 404: no such file on this server"
     first = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}" + (f" (HTTP {status})" if status else "") + (f": {first}" if first
-                                                                             else "")
+    return type(e).__name__ + (f" (HTTP {status})" if status else "") + (f": {first}" if first else "")
 
 
 # --- verification ---------------------------------------------------------------------------------
