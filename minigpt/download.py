@@ -26,6 +26,7 @@ What minigpt adds around it:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -33,12 +34,14 @@ import warnings
 from pathlib import Path
 
 from huggingface_hub import constants, hf_hub_download, hf_hub_url
-from huggingface_hub.errors import (
+from huggingface_hub.utils import (
     EntryNotFoundError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
+    are_progress_bars_disabled,
+    disable_progress_bars,
+    enable_progress_bars,
 )
-from tqdm.auto import tqdm
 
 MODEL_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 REPO = "openai-community/{name}"
@@ -55,12 +58,17 @@ class ChecksumError(DownloadError):
     """The downloaded bytes do not have the expected sha256."""
 
 
-class _NoBar(tqdm):
-    """The progress bar huggingface_hub draws, switched off (``progress=False``)."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.pop("name", None)
-        super().__init__(*args, **{**kwargs, "disable": True})
+@contextlib.contextmanager
+def _progress_bars(on: bool):
+    """huggingface_hub's progress bars as asked (``progress=False`` hides them for the call)."""
+    if on or are_progress_bars_disabled():
+        yield
+        return
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        enable_progress_bars()
 
 
 # --- where things live ----------------------------------------------------------------------------
@@ -130,9 +138,11 @@ def model_dir(name: str, *, offline: bool | None = None, progress: bool = True,
             f"or run `hf download {repo} {WEIGHTS_FILE} {CONFIG_FILE}` where there is a network "
             f"and copy that cache, or go online"
         )
-    bar = {} if progress else {"tqdm_class": _NoBar}
     try:
-        path = Path(hf_hub_download(filename=WEIGHTS_FILE, endpoint=endpoint, **where, **bar))
+        with _progress_bars(progress):
+            path = Path(hf_hub_download(filename=WEIGHTS_FILE, endpoint=endpoint, **where))
+    except (TypeError, AttributeError, NameError):  # a bug, not a download problem
+        raise
     except Exception as e:  # no network, proxy, DNS, 404, 5xx, a cut transfer: say how to do without
         raise DownloadError(
             f"could not download {WEIGHTS_FILE} from {url}: {_why(e)}\nCheck your connection (or "
@@ -142,7 +152,10 @@ def model_dir(name: str, *, offline: bool | None = None, progress: bool = True,
         ) from e
     _check_sha256(path, url, sha256, delete=True)
     try:
-        hf_hub_download(filename=CONFIG_FILE, endpoint=endpoint, tqdm_class=_NoBar, **where)
+        with _progress_bars(False):
+            hf_hub_download(filename=CONFIG_FILE, endpoint=endpoint, **where)
+    except (TypeError, AttributeError, NameError):
+        raise
     except Exception as e:  # noqa: BLE001 - optional file: the weights are in place
         warnings.warn(f"{name}: model.safetensors is in place, but config.json could not be "
                       f"downloaded ({_why(e)}); minigpt uses its own GPT-2 {name} configuration",
