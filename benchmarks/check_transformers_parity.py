@@ -60,10 +60,17 @@ except ImportError as e:  # torch/transformers are only for this check
     print(f"skipped: this check needs torch and transformers ({e}); see the docstring")
     sys.exit(0)
 
+from safetensors.numpy import load_file as _load_file
+
 import minigpt
+from minigpt.training.checkpoint import save_tensors as save_file
 from minigpt.inference.generate import generate
-from minigpt.weights.pretrained import from_pretrained, save_pretrained
-from minigpt.weights.safetensors_io import SafetensorsError, load_file, save_file
+from minigpt.weights.pretrained import SafetensorsError, from_pretrained, save_pretrained
+
+
+def load_file(path) -> dict:
+    return _load_file(str(path))
+
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "gpt2_tiny"

@@ -32,7 +32,7 @@ except ImportError as e:
     print(f"skipped: this needs TensorFlow ({e}); see the docstring")
     sys.exit(0)
 
-from minigpt.weights.safetensors_io import save_file
+from minigpt.training.checkpoint import save_tensors as save_file
 from minigpt.weights.tf_checkpoint import TFCheckpoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,15 +7,17 @@ temporary directory, then loads it in fresh subprocesses, one per method, and re
 peak resident memory (``VmHWM``, reset to the current RSS just before loading through
 ``/proc/self/clear_refs``) above the process's memory just before loading:
 
-  minigpt.from_pretrained        the loader: header parsed, every tensor ``readinto`` the model's
-                                 flat buffer (no intermediate array)
+  minigpt.from_pretrained        the loader: ``safetensors.safe_open``, each block of <= 16 MiB
+                                 through its own short-lived handle, copied into the model's flat
+                                 buffer
   model only                     the floor: an empty model of that size with every page touched
-  safetensors.load_file + copy   the reference package's numpy loader (fresh arrays), then
+  safetensors.load_file + copy   the package's numpy loader (fresh arrays), then
                                  ``load_state_dict`` into the model: the weights are held twice
-  np.memmap + copy               minigpt's ``load_file(mmap=True)`` then ``load_state_dict``: the
-                                 mapped pages count as resident while they are mapped
+  safe_open, one handle + copy   one ``safe_open`` handle for the whole load, each tensor
+                                 ``get_tensor`` then copied: the mapped pages the reads touch count
+                                 as resident until the handle closes
   ..., float64                   the same into a float64 model (twice the weights' size): the
-                                 float32 file is converted in 16 MiB chunks
+                                 float32 file is converted block by block
 
 The file was just written, so it is in the page cache: the times are warm-cache times.
 """
@@ -33,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 METHODS = ["model only", "minigpt.from_pretrained", "safetensors.load_file + copy",
-           "np.memmap + copy", "model only, float64", "minigpt.from_pretrained, float64"]
+           "safe_open, one handle + copy", "model only, float64", "minigpt.from_pretrained, float64"]
 
 
 def status_mb(key: str) -> float:
@@ -54,7 +56,6 @@ def child(method: str, path: str) -> None:
     """Runs in a fresh process; prints one JSON line."""
     import minigpt  # noqa: F401  (imports first, so they are in the baseline)
     from minigpt.weights import pretrained
-    from minigpt.weights.safetensors_io import load_file
 
     cfg = pretrained.config_from_hf(json.loads((Path(path) / "config.json").read_text()))
     reset_peak()
@@ -76,11 +77,12 @@ def child(method: str, path: str) -> None:
         m = pretrained._empty_model(cfg, np.float32)
         m.load_state_dict(state)
         del state
-    elif method == "np.memmap + copy":
-        state = load_file(Path(path) / "model.safetensors", mmap=True)
+    elif method == "safe_open, one handle + copy":
+        from safetensors import safe_open
         m = pretrained._empty_model(cfg, np.float32)
-        m.load_state_dict(state)
-        del state
+        with safe_open(str(Path(path) / "model.safetensors"), framework="numpy") as f:
+            for k in f.keys():
+                m.params[k.removeprefix("transformer.")][...] = f.get_tensor(k)
     else:
         raise ValueError(method)
     seconds = time.perf_counter() - t0
@@ -93,15 +95,15 @@ def child(method: str, path: str) -> None:
 def write_checkpoint(directory: Path, name: str) -> int:
     from minigpt.config import PRETRAINED_CONFIGS
     from minigpt.model import param_shapes
+    from minigpt.training.checkpoint import save_tensors
     from minigpt.weights.pretrained import config_to_hf
-    from minigpt.weights.safetensors_io import save_file
 
     cfg = PRETRAINED_CONFIGS[name]
     rng = np.random.default_rng(0)
     tensors = {k: rng.standard_normal(s, dtype=np.float32) * np.float32(0.02)
                for k, s in param_shapes(cfg).items()}
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    save_tensors(tensors, directory / "model.safetensors", metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(config_to_hf(cfg)))
     return sum(t.nbytes for t in tensors.values())
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import huggingface_hub.constants
 import numpy as np
 import pytest
 
@@ -121,6 +122,7 @@ def test_vocabulary_mismatch_is_reported(tmp_path, tok):
 def test_cli_eval_offline_says_where_to_put_the_weights(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MINIGPT_OFFLINE", "1")
     monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # empty
     monkeypatch.chdir(tmp_path)
     assert main(["eval", "--model", "gpt2", "--text", "the-verdict"]) == 2
     err = capsys.readouterr().err

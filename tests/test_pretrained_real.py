@@ -1,8 +1,8 @@
 """The book's numbers with OpenAI's real GPT-2 124M weights (book-notes §5, §9.1 item 6).
 
-Skipped unless the weights are already on disk: at ``$MINIGPT_GPT2_DIR`` or in the cache
-(``minigpt.weights.download.cache_dir() / "gpt2"``; ``minigpt eval --model gpt2 --text the-verdict`` puts
-them there). The test never downloads. minigpt was developed offline, so these tests have not been
+Skipped unless the weights are already on disk: at ``$MINIGPT_GPT2_DIR``, in the folder for files
+fetched by hand (``minigpt.weights.download.cache_dir() / "gpt2"``) or in the Hugging Face cache
+(``minigpt eval --model gpt2 --text the-verdict`` puts them there). The test never downloads. minigpt was developed offline, so these tests have not been
 run against the real weights by its authors; they state what the book's notebooks print.
 """
 
@@ -16,7 +16,19 @@ import pytest
 
 from minigpt.weights import download
 
-GPT2_DIR = Path(os.environ.get("MINIGPT_GPT2_DIR") or download.cache_dir() / "gpt2")
+
+
+def _on_disk() -> Path:
+    """Where the weights are, without any request (the last place looked at when none has them)."""
+    if os.environ.get("MINIGPT_GPT2_DIR"):
+        return Path(os.environ["MINIGPT_GPT2_DIR"])
+    try:
+        return download.model_dir("gpt2", offline=True)
+    except FileNotFoundError:
+        return download.cache_dir() / "gpt2"
+
+
+GPT2_DIR = _on_disk()
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not (GPT2_DIR / "model.safetensors").is_file(),

@@ -11,11 +11,12 @@ import json
 import shutil
 from pathlib import Path
 
+import huggingface_hub.constants
 import numpy as np
 import pytest
+import safetensors.numpy
 
 from minigpt.weights.pretrained import from_pretrained
-from minigpt.weights.safetensors_io import load_file
 from minigpt.weights.tf_checkpoint import TFCheckpoint, TFCheckpointError, crc32c, masked_crc32c
 
 FIXTURE = Path(__file__).parent / "fixtures" / "gpt2_tf_tiny"
@@ -24,7 +25,7 @@ DATA = "model.ckpt.data-00000-of-00001"
 
 @pytest.fixture(scope="module")
 def truth() -> dict[str, np.ndarray]:
-    return load_file(FIXTURE / "expected.safetensors")
+    return safetensors.numpy.load_file(str(FIXTURE / "expected.safetensors"))
 
 
 def test_crc32c_check_values():
@@ -129,6 +130,7 @@ def test_the_books_gpt2_folder_does_not_shadow_the_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MINIGPT_OFFLINE", "1")
     monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # empty
     with pytest.raises(FileNotFoundError, match="MINIGPT_OFFLINE"):   # the name, not the folder
         from_pretrained("gpt2")
     with pytest.raises(FileNotFoundError, match=r"Did you mean .*gpt2/124M"):

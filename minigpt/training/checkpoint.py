@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +102,26 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _save_tensors(tensors: dict[str, np.ndarray], path: Path) -> None:
+def save_tensors(tensors: dict[str, np.ndarray], path: str | os.PathLike,
+                 metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` as safetensors (``safetensors.numpy.save_file``), atomically: into a
+    temporary file beside ``path``, fsync'ed, then renamed over it. A crash mid-write leaves the old
+    file (or none), never half a file. The one writer for the format (checkpoints, save_pretrained).
+    """
     from safetensors.numpy import save_file
 
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path))
-    _fsync_file(path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: np.require(v, requirements="C") for k, v in tensors.items()}, tmp,
+                  metadata=metadata)
+        _fsync_file(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _older_hint(ckpt: Path) -> str:
@@ -162,7 +178,7 @@ def save_checkpoint(
         opt_scalars = opt_state
     hashes = {}
     for fname, tensors in files.items():
-        _save_tensors(tensors, tmp / fname)
+        save_tensors(tensors, tmp / fname)
         hashes[fname] = _sha256(tmp / fname)
     meta = {
         "format": FORMAT,

@@ -17,8 +17,9 @@ Two naming schemes are read (after dropping a ``transformer.`` prefix):
 Loading is strict: every tensor the configuration needs must be present with its shape, nothing
 unknown may be left over (stored attention masks, ``h.{i}.attn.bias`` / ``attn.masked_bias`` and the
 book's ``trf_blocks.{i}.att.mask``, are recognised buffers and skipped), and a head stored beside a
-config that says "tied" must equal ``wte``. Tensors are read from the file straight into the model's
-flat parameter buffer (``SafetensorsFile.read_into``), so the weights are not held twice.
+config that says "tied" must equal ``wte``. Files are read with the ``safetensors`` package, in blocks
+of a few MiB copied straight into the model's flat parameter buffer, so the weights are not held
+twice (``SafetensorsWeights``).
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ from typing import Any
 
 import numpy as np
 
+from safetensors import SafetensorError, safe_open
+
 from minigpt.weights import download, tf_checkpoint
+from minigpt.training.checkpoint import save_tensors
 from minigpt.config import PRETRAINED_CONFIGS, GPTConfig
 from minigpt.model import GPTModel, param_shapes
-from minigpt.weights.safetensors_io import SafetensorsError, open_weights, save_file
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"  # sharded: model-00001-of-0000N.safetensors ...
@@ -49,6 +52,126 @@ STANDARD_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}
 # Buffers some checkpoints store beside the weights: the causal mask and its fill value.
 _SKIP = re.compile(r"^(h\.\d+\.attn\.(bias|masked_bias)|trf_blocks\.\d+\.att\.mask)$")
 _PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl")
+_BLOCK_BYTES = 4 << 20  # bytes (counted as float64) read per safetensors handle, see below
+_READABLE = ("F64", "F32", "F16")  # the dtypes read; anything else is refused
+
+
+class SafetensorsError(ValueError):
+    """A safetensors file that cannot be loaded: corrupt, truncated, or not the model it claims."""
+
+
+# --- reading safetensors ----------------------------------------------------------------------------
+class SafetensorsWeights:
+    """One ``.safetensors`` file, or the shards a ``model.safetensors.index.json`` lists
+    (``{"weight_map": {tensor: shard file}}``, what transformers' ``save_pretrained`` writes above
+    its ``max_shard_size``), read with the ``safetensors`` package.
+
+    ``safe_open`` maps the file into memory, and every page a read touches stays resident (and
+    counts in the process's memory) until the handle is closed. So each block of at most 4 MiB is
+    read through its own short-lived handle and copied into its place: loading 124M then costs the
+    model's own buffer plus one block, not the file twice (``benchmarks/pretrained_memory.py``).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._file: dict[str, Path] = {}               # tensor -> the file that holds it
+        self._info: dict[str, tuple[str, tuple[int, ...]]] = {}   # tensor -> (dtype code, shape)
+        if not self.path.name.endswith(".index.json"):
+            self._add(self.path)
+            return
+        try:
+            index = json.loads(self.path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SafetensorsError(f"{self.path}: not a valid JSON index ({e})") from None
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise SafetensorsError(f"{self.path}: no \"weight_map\" (tensor -> shard file) in the index")
+        for shard in sorted(set(weight_map.values())):
+            where = self.path.parent / shard
+            if Path(shard).name != shard or not where.is_file():
+                raise FileNotFoundError(f"{self.path} lists shard {shard!r}, which is not in "
+                                        f"{self.path.parent}; the download is incomplete")
+            self._add(where)
+        unlisted = sorted(set(self._file) - set(weight_map))
+        absent = sorted(k for k, v in weight_map.items()
+                        if k not in self._file or self._file[k].name != v)
+        if unlisted or absent:
+            raise SafetensorsError(
+                f"{self.path}: the index and the shards disagree: in shards but not in the "
+                f"index {unlisted[:8]}, in the index but not in the shard it names {absent[:8]}")
+
+    def _add(self, path: Path) -> None:
+        with _open(path) as f:
+            for k in f.keys():
+                if k in self._file:
+                    raise SafetensorsError(f"{self.path}: tensor {k!r} is stored in two shards "
+                                           f"({self._file[k].name} and {path.name})")
+                s = f.get_slice(k)
+                self._file[k], self._info[k] = path, (s.get_dtype(), tuple(s.get_shape()))
+
+    def keys(self) -> list[str]:
+        return list(self._file)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._info[name][1]
+
+    def blocks(self, name: str):
+        """``(start, stop, rows)``: the tensor in blocks of whole rows (axis 0), <= 4 MiB."""
+        code, shape = self._info[name]
+        if code not in _READABLE:
+            raise SafetensorsError(f"{self._file[name]}: tensor {name!r} is {code}; minigpt reads "
+                                   f"{', '.join(_READABLE)} (NumPy has no bfloat16): save the "
+                                   f"checkpoint in float32")
+        row_bytes = 8 * math.prod(shape[1:])  # as if float64: equal shapes, equal blocks
+        if not shape or row_bytes * shape[0] <= _BLOCK_BYTES:
+            with _open(self._file[name]) as f:
+                yield 0, (shape[0] if shape else None), _read(f, name, None)
+            return
+        step = max(1, _BLOCK_BYTES // max(row_bytes, 1))
+        for start in range(0, shape[0], step):
+            stop = min(start + step, shape[0])
+            with _open(self._file[name]) as f:
+                yield start, stop, _read(f, name, slice(start, stop))
+
+    def read_into(self, name: str, out: np.ndarray) -> None:
+        """Fill ``out`` (the tensor's shape, any float dtype) block by block."""
+        if tuple(out.shape) != self.shape(name):
+            raise ValueError(f"{self.path}: tensor {name!r} has shape {self.shape(name)}, target "
+                             f"has {out.shape}")
+        for start, stop, rows in self.blocks(name):
+            if stop is None:  # a 0-d tensor
+                out[...] = rows
+            else:
+                out[start:stop] = rows
+
+    def get(self, name: str, dtype=np.float32) -> np.ndarray:
+        out = np.empty(self.shape(name), dtype)
+        self.read_into(name, out)
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _open(path: Path):
+    """``safe_open``, its errors (bad header, truncated data) said in minigpt's words."""
+    try:
+        return safe_open(str(path), framework="numpy")
+    except SafetensorError as e:
+        raise SafetensorsError(
+            f"{path}: not a readable safetensors file (safetensors: {e}). A truncated or interrupted "
+            f"download, or not a safetensors file at all (an HTML error page, a PyTorch .pth?): "
+            f"delete it and download it again") from None
+
+
+def _read(f, name: str, rows: slice | None) -> np.ndarray:
+    try:
+        return f.get_tensor(name) if rows is None else f.get_slice(name)[rows]
+    except SafetensorError as e:  # e.g. the file shrank while it was being read
+        raise SafetensorsError(f"cannot read tensor {name!r} ({e}); is the file complete?") from None
 
 
 @dataclass(frozen=True)
@@ -318,7 +441,7 @@ def from_pretrained(path_or_name: str | os.PathLike, dtype=np.float32, *,
     Raises ValueError (SafetensorsError) naming every missing, unexpected or mis-shaped tensor.
     """
     weights, config, name, kind = resolve(path_or_name, progress=progress, **download_kwargs)
-    opener = tf_checkpoint.TFCheckpoint if kind == "tf" else open_weights
+    opener = tf_checkpoint.TFCheckpoint if kind == "tf" else SafetensorsWeights
     with opener(weights) as f:
         canon_of = _strip_prefix(f.keys())
         key_of = {c: k for k, c in canon_of.items()}           # canonical -> key in the file
@@ -382,14 +505,10 @@ def _equal(f, a: str, b: str) -> bool:
     """Two stored tensors equal, compared in row blocks (bounded memory for 50257 x 1600)."""
     if f.shape(a) != f.shape(b):
         return False
-    if not hasattr(f, "memmap"):  # a TensorFlow checkpoint: small enough to compare whole
+    if not hasattr(f, "blocks"):  # a TensorFlow checkpoint: small enough to compare whole
         return bool(np.array_equal(f.get(a), f.get(b)))
-    ma, mb = f.memmap(a), f.memmap(b)
-    step = max(1, (8 << 20) // max(1, ma[0].nbytes if ma.ndim else 1))
-    try:
-        return all(np.array_equal(ma[i:i + step], mb[i:i + step]) for i in range(0, len(ma), step))
-    finally:
-        del ma, mb
+    pairs = zip(f.blocks(a), f.blocks(b), strict=True)  # in blocks: bounded memory for 50257 x 1600
+    return all(np.array_equal(ra, rb) for (_, _, ra), (_, _, rb) in pairs)
 
 
 def _check_keys(cfg: GPTConfig, fmt: str, plan: dict[str, list[Piece]],
@@ -485,8 +604,8 @@ def save_pretrained(model: GPTModel, directory: str | os.PathLike, *, dtype=None
     out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(model.dtype)
     if out_dtype not in (np.float32, np.float64, np.float16):
         raise ValueError(f"save dtype must be float16, float32 or float64, got {out_dtype}")
-    save_file(hf_state(model, None if dtype is None else out_dtype), directory / WEIGHTS_FILE,
-              metadata={"format": "pt"})
+    save_tensors(hf_state(model, None if dtype is None else out_dtype), directory / WEIGHTS_FILE,
+                 metadata={"format": "pt"})
     _write_atomic(directory / CONFIG_FILE, json.dumps(config_to_hf(model.cfg, out_dtype), indent=2))
     if tokenizer is None:
         tokenizer = model.cfg.vocab_size == GPT2_VOCAB_SIZE
