@@ -274,10 +274,15 @@ def count(table: Iterable[ParamSpec], keep: Callable[[ParamSpec], bool] | None =
 def format_table(table: Iterable[ParamSpec]) -> str:
     """The table as text, one row per parameter (for docs and for a reader at the prompt)."""
     lines = [f"{'name':28} {'shape':14} {'gpt2 init':18} {'torch init':18} decay train  "
-             f"{'book':38} TF"]
+             f"{'book':46} TF"]
     for s in table:
-        book = ", ".join(p.key + ("^T" if p.transpose else "") for p in s.book) or "-"
+        keys = [p.key + ("^T" if p.transpose else "") for p in s.book]
+        if len(keys) > 1 and all("W_" in k for k in keys):  # trf_blocks.0.att.W_{query,key,value}
+            head = keys[0][: keys[0].index("W_") + 2]
+            tail = keys[0][keys[0].index(".", len(head)):]
+            keys = [head + "{" + ",".join(k[len(head):-len(tail)] for k in keys) + "}" + tail]
+        book = ", ".join(keys) or "-"
         lines.append(f"{s.name:28} {str(s.shape):14} {str(s.init_gpt2):18} {str(s.init_torch):18} "
                      f"{'yes' if s.decay else 'no':5} {'yes' if s.trainable else 'no':6} "
-                     f"{book:38} {s.tf_name or '-'}")
+                     f"{book:46} {s.tf_name or '-'}")
     return "\n".join(lines)
