@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from minigpt.params import param_table
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -87,21 +89,15 @@ class GPTConfig:
         return sum(size for _, size in self.param_counts(include_head))
 
     def param_counts(self, include_head: bool | None = None) -> list[tuple[str, int]]:
-        """(group, count) rows: the embeddings, one block times n_layers, final norm, head."""
-        V, T, C, L = self.vocab_size, self.context_length, self.emb_dim, self.n_layers
-        attn = C * 3 * C + (3 * C if self.qkv_bias else 0) + C * C + C  # c_attn + c_proj
-        mlp = C * 4 * C + 4 * C + 4 * C * C + C  # c_fc + c_proj
-        norms = 2 * (2 * C)  # ln_1 + ln_2
-        rows = [
-            ("wte", V * C),
-            ("wpe", T * C),
-            (f"blocks ({L} x {attn + mlp + norms})", L * (attn + mlp + norms)),
-            ("ln_f", 2 * C),
-        ]
+        """(group, count) rows summed from the parameter table (``minigpt.params``): the
+        embeddings, one block times n_layers, final norm, head."""
         head = (not self.tie_weights) if include_head is None else include_head
-        if head:
-            rows.append(("lm_head", V * C))
-        return rows
+        groups: dict[str, int] = {}
+        for spec in param_table(self.replace(tie_weights=not head)):
+            group = "blocks" if spec.name.startswith("h.") else spec.name.split(".")[0]
+            groups[group] = groups.get(group, 0) + spec.size
+        L = self.n_layers
+        return [(f"blocks ({L} x {n // L})" if g == "blocks" else g, n) for g, n in groups.items()]
 
     def n_bytes(self, itemsize: int = 4, include_head: bool | None = None) -> int:
         return self.n_params(include_head) * itemsize

@@ -46,6 +46,7 @@ from minigpt import backend
 from minigpt.block import block_backward, block_forward
 from minigpt.config import GPTConfig
 from minigpt.model import GPTModel
+from minigpt.params import ONES, ZEROS, ParamSpec, block_index, param_table
 from kernels.attention import BLAS_MIN_T
 
 
@@ -261,18 +262,10 @@ def _cross_entropy_case(rng, loss_fn=None):
 
 
 def _block_params(rng, C, qkv_bias=True):
-    p = {"ln_1.weight": 1 + 0.1 * rng.standard_normal(C), "ln_1.bias": 0.1 * rng.standard_normal(C),
-         "attn.c_attn.weight": rng.standard_normal((C, 3 * C)) / np.sqrt(C),
-         "attn.c_proj.weight": rng.standard_normal((C, C)) / np.sqrt(C),
-         "attn.c_proj.bias": 0.1 * rng.standard_normal(C),
-         "ln_2.weight": 1 + 0.1 * rng.standard_normal(C), "ln_2.bias": 0.1 * rng.standard_normal(C),
-         "mlp.c_fc.weight": rng.standard_normal((C, 4 * C)) / np.sqrt(C),
-         "mlp.c_fc.bias": 0.1 * rng.standard_normal(4 * C),
-         "mlp.c_proj.weight": rng.standard_normal((4 * C, C)) / np.sqrt(4 * C),
-         "mlp.c_proj.bias": 0.1 * rng.standard_normal(C)}
-    if qkv_bias:
-        p["attn.c_attn.bias"] = 0.1 * rng.standard_normal(3 * C)
-    return p
+    """One block's parameters, keyed by their names inside the block, as the table lists them."""
+    cfg = GPTConfig(vocab_size=1, context_length=1, emb_dim=C, n_heads=1, n_layers=1, qkv_bias=qkv_bias)
+    return {s.name.removeprefix("h.0."): _check_values(s, rng)
+            for s in param_table(cfg) if block_index(s.name) == 0}
 
 
 def _block_case(rng, drop_rate=0.0, n_heads=2, C=8, T=5, B=2):
@@ -321,16 +314,21 @@ TINY = GPTConfig(vocab_size=13, context_length=8, emb_dim=8, n_heads=2, n_layers
                  qkv_bias=True, tie_weights=False)
 
 
+def _check_values(spec: ParamSpec, rng: np.random.Generator) -> np.ndarray:
+    """Non-trivial, well-conditioned values for a gradient check, by the table's GPT-2 rule:
+    layernorm scales (ones) near 1, zero-initialised biases nonzero, matrices ~ 1/sqrt(their last
+    dimension), so no gradient is degenerate and finite differences stay accurate."""
+    if spec.init_gpt2 == ONES:
+        return 1 + 0.1 * rng.standard_normal(spec.shape)
+    if spec.init_gpt2 == ZEROS:
+        return 0.1 * rng.standard_normal(spec.shape)
+    return rng.standard_normal(spec.shape) / np.sqrt(spec.shape[-1] if len(spec.shape) == 2 else 1)
+
+
 def _randomise(model: GPTModel, rng: np.random.Generator) -> None:
-    """Non-trivial, well-conditioned weights: layernorm scales near 1, biases nonzero, matrices
-    ~ 1/sqrt(fan_in), so no gradient is degenerate and finite differences stay accurate."""
-    for name, p in model.params.items():
-        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
-            p[...] = 1 + 0.1 * rng.standard_normal(p.shape)
-        elif name.endswith(".bias"):
-            p[...] = 0.1 * rng.standard_normal(p.shape)
-        else:
-            p[...] = rng.standard_normal(p.shape) / np.sqrt(p.shape[-1] if p.ndim == 2 else 1)
+    """Every parameter of ``model`` set by ``_check_values``, in buffer order."""
+    for spec in model.table:
+        model.params[spec.name][...] = _check_values(spec, rng)
 
 
 def _equation(name: str, cfg: GPTConfig) -> str:

@@ -6,12 +6,15 @@
 Parameters live in ONE flat buffer (``flat_params``) and ``params`` holds named views into it, with
 Hugging Face GPT-2 names and the ``x @ W`` layout; gradients likewise (``flat_grads``, ``grads``).
 AdamW and gradient clipping are then single passes over one vector, a gradient check can walk one
-vector, and a checkpoint is one array.
+vector, and a checkpoint is one array. Names, shapes, order, initialisation and trainable flags come
+from the parameter table (``minigpt.params``, ``model.table``).
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from fnmatch import fnmatchcase
 
 import numpy as np
 
@@ -19,43 +22,20 @@ from minigpt import backend
 from minigpt.block import block_backward, block_forward, block_step
 from minigpt.config import GPTConfig
 from minigpt.inference.kv_cache import KVCache
+from minigpt.params import (  # noqa: F401  (param_shapes: the model's names and shapes, for callers)
+    INIT_SCHEMES,
+    ParamSpec,
+    block_index,
+    count,
+    init_params,
+    named_views,
+    offsets,
+    param_shapes,
+    param_table,
+    runs,
+)
 
 SUPPORTED_DTYPES = (np.float32, np.float64)
-
-
-def param_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter's name and shape, in buffer order (Hugging Face GPT-2 names)."""
-    V, T, C = cfg.vocab_size, cfg.context_length, cfg.emb_dim
-    shapes: dict[str, tuple[int, ...]] = {"wte.weight": (V, C), "wpe.weight": (T, C)}
-    for i in range(cfg.n_layers):
-        h = f"h.{i}."
-        shapes[h + "ln_1.weight"] = (C,)
-        shapes[h + "ln_1.bias"] = (C,)
-        shapes[h + "attn.c_attn.weight"] = (C, 3 * C)
-        if cfg.qkv_bias:
-            shapes[h + "attn.c_attn.bias"] = (3 * C,)
-        shapes[h + "attn.c_proj.weight"] = (C, C)
-        shapes[h + "attn.c_proj.bias"] = (C,)
-        shapes[h + "ln_2.weight"] = (C,)
-        shapes[h + "ln_2.bias"] = (C,)
-        shapes[h + "mlp.c_fc.weight"] = (C, 4 * C)
-        shapes[h + "mlp.c_fc.bias"] = (4 * C,)
-        shapes[h + "mlp.c_proj.weight"] = (4 * C, C)
-        shapes[h + "mlp.c_proj.bias"] = (C,)
-    shapes["ln_f.weight"] = (C,)
-    shapes["ln_f.bias"] = (C,)
-    if not cfg.tie_weights:
-        shapes["lm_head.weight"] = (V, C)    # (out, in) like wte, so logits = x @ W^T either way
-    return shapes
-
-
-def _named_views(flat: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    views, offset = {}, 0
-    for name, shape in shapes.items():
-        size = math.prod(shape)
-        views[name] = flat[offset:offset + size].reshape(shape)
-        offset += size
-    return views
 
 
 def _block_dicts(views: dict[str, np.ndarray], n_layers: int) -> list[dict[str, np.ndarray]]:
@@ -71,41 +51,126 @@ def _block_dicts(views: dict[str, np.ndarray], n_layers: int) -> list[dict[str, 
 class GPTModel:
     """GPT-2 with hand-written forward and backward (the book's ``GPTModel``, chapters 4-5).
 
-    ``GPTModel(cfg, seed=123, dtype=np.float32)`` initialises like GPT-2: normal(0, 0.02) for the
-    embeddings and weight matrices, 0.02 / sqrt(2 L) for the two projections that write into the
-    residual stream, zeros for biases, ones for layernorm scales.
+    ``GPTModel(cfg, seed=123, dtype=np.float32)`` initialises like GPT-2 (``init="gpt2"``):
+    normal(0, 0.02) for the embeddings and weight matrices, 0.02 / sqrt(2 L) for the two projections
+    that write into the residual stream, zeros for biases, ones for layernorm scales.
+    ``init="torch"`` initialises as PyTorch's default modules do for the book's model (embeddings
+    normal(0, 1), linear layers U(+-1/sqrt(fan_in)), layernorm ones and zeros); ``init=None`` leaves
+    zeros (for weights loaded next). Both rules are columns of the parameter table
+    (``minigpt.params``), drawn from ``np.random.default_rng(seed)`` in buffer order.
+
+    ``extra``: more ``ParamSpec`` rows (adapters, heads) appended to the table and the flat buffer.
+
+    Frozen parameters (``freeze`` / ``unfreeze``): AdamW neither updates nor decays them and keeps
+    no moments for them, clipping leaves them out of the norm, and the backward stops below the
+    lowest layer that has a trainable parameter (see ``loss_and_grads``).
     """
 
-    def __init__(self, cfg: GPTConfig, seed: int | None = 123, dtype=np.float32):
+    def __init__(self, cfg: GPTConfig, seed: int | None = 123, dtype=np.float32, *,
+                 init: str | None = "gpt2", extra: Sequence[ParamSpec] = ()):
         if not isinstance(cfg, GPTConfig):
             raise ValueError(f"cfg must be a minigpt.GPTConfig, got {type(cfg).__name__}; "
                              "build one with GPTConfig(...) or GPTConfig.from_dict(d)")
         dtype = np.dtype(dtype).type
         if dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype).name}")
+        if init is not None and init not in INIT_SCHEMES:
+            raise ValueError(f"init must be one of {INIT_SCHEMES} (or None: zeros), got {init!r}")
         self.cfg = cfg
         self.dtype = dtype
-        self.shapes = param_shapes(cfg)
-        n = sum(math.prod(s) for s in self.shapes.values())
+        self.table = param_table(cfg, extra)          # one ParamSpec per parameter, buffer order
+        self.shapes = {s.name: s.shape for s in self.table}
+        self.ranges = offsets(self.table)             # name -> (start, stop) in the flat buffer
+        n = count(self.table)
         self.flat_params = np.zeros(n, dtype=dtype)
         self.flat_grads = np.zeros(n, dtype=dtype)
-        self.params = _named_views(self.flat_params, self.shapes)
-        self.grads = _named_views(self.flat_grads, self.shapes)
+        self.params = named_views(self.flat_params, self.table)
+        self.grads = named_views(self.flat_grads, self.table)
         self._block_params = _block_dicts(self.params, cfg.n_layers)
         self._block_grads = _block_dicts(self.grads, cfg.n_layers)
+        self._trainable_changed()
+        self.init = init
         self._init_weights(np.random.default_rng(seed))
 
     # --- set-up ---------------------------------------------------------------------------------
     def _init_weights(self, rng: np.random.Generator) -> None:
-        proj_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
-        for name, p in self.params.items():           # buffer order, so one seed gives one model
-            if name.endswith(("ln_1.weight", "ln_2.weight")) or name == "ln_f.weight":
-                p[...] = 1.0
-            elif name.endswith(".bias"):
-                p[...] = 0.0
-            else:
-                std = proj_std if name.endswith("c_proj.weight") else 0.02
-                p[...] = rng.normal(0.0, std, size=p.shape)   # float64 draws: same model in f32/f64
+        if self.init is not None:
+            init_params(self.params, self.table, self.init, rng)   # float64 draws: same in f32/f64
+
+    def init_weights(self, init: str = "gpt2", seed: int | None = 123) -> None:
+        """Re-initialise every parameter in place by the table's ``init`` rule ("gpt2" or
+        "torch"), from ``np.random.default_rng(seed)``: the same numbers as
+        ``GPTModel(cfg, seed, init=init)``."""
+        init_params(self.params, self.table, init, np.random.default_rng(seed))
+        self.init = init
+
+    # --- frozen parameters ----------------------------------------------------------------------
+    def _select(self, which, what: str) -> set[str]:
+        """Names chosen by ``which``: None (all), a name or glob pattern ("h.11.*"), an iterable of
+        them, or a predicate name -> bool."""
+        if which is None:
+            return set(self.shapes)
+        if callable(which):
+            return {n for n in self.shapes if which(n)}
+        patterns = [which] if isinstance(which, str) else list(which)
+        chosen: set[str] = set()
+        for pat in patterns:
+            if not isinstance(pat, str):
+                raise ValueError(f"{what}: expected parameter names or glob patterns, got {pat!r}")
+            hit = {n for n in self.shapes if n == pat or fnmatchcase(n, pat)}
+            if not hit:
+                raise ValueError(f"{what}: {pat!r} names no parameter of this model; names look "
+                                 f"like 'ln_f.weight', 'h.0.attn.c_attn.weight' (patterns: 'h.11.*')")
+            chosen |= hit
+        return chosen
+
+    def _set_trainable(self, which, flag: bool, what: str) -> list[str]:
+        chosen = self._select(which, what)
+        self.table = [replace(s, trainable=flag) if s.name in chosen else s for s in self.table]
+        self._trainable_changed()
+        return [s.name for s in self.table if s.name in chosen]
+
+    def freeze(self, which: str | Iterable[str] | Callable[[str], bool] | None = None) -> list[str]:
+        """Freeze parameters: ``None`` (all), a name, a glob pattern (``"h.*"``), a list of them,
+        or a predicate on the name. Returns the names chosen."""
+        return self._set_trainable(which, False, "freeze")
+
+    def unfreeze(self, which: str | Iterable[str] | Callable[[str], bool] | None = None) -> list[str]:
+        """Make parameters trainable again (the same ``which`` as ``freeze``)."""
+        return self._set_trainable(which, True, "unfreeze")
+
+    def trainable_names(self) -> list[str]:
+        return [s.name for s in self.table if s.trainable]
+
+    def frozen_names(self) -> list[str]:
+        return [s.name for s in self.table if not s.trainable]
+
+    @property
+    def num_trainable(self) -> int:
+        return count(self.table, lambda s: s.trainable)
+
+    def trainable_ranges(self) -> tuple[tuple[int, int], ...]:
+        """The (start, stop) runs of the flat buffer that train, neighbours merged."""
+        return self._trainable_ranges
+
+    def _trainable_changed(self) -> None:
+        self._trainable_ranges = tuple(runs(self.table, lambda s: s.trainable))
+        self._grad_floor = self._lowest_trainable_layer()
+
+    def _lowest_trainable_layer(self) -> int:
+        """Where the backward may stop: -1 (the embedding) when wte or wpe trains, or a trainable
+        parameter whose place in the network this method does not know; i when block i is the
+        lowest with a trainable parameter; n_layers when only ln_f and the head train, or nothing."""
+        lowest = self.cfg.n_layers
+        for s in self.table:
+            if not s.trainable:
+                continue
+            i = block_index(s.name)
+            if i is not None:
+                lowest = min(lowest, i)
+            elif s.name not in ("ln_f.weight", "ln_f.bias", "lm_head.weight"):
+                return -1
+        return lowest
 
     @property
     def num_params(self) -> int:
@@ -224,6 +289,10 @@ class GPTModel:
 
         Returns ``(loss, grads)``: the mean cross-entropy over targets != -100 and ``self.grads``,
         the named views into ``flat_grads`` (overwritten by the next call; copy to keep them).
+        With frozen parameters the chain stops below the lowest layer holding a trainable one
+        (``_lowest_trainable_layer``): the gradients of the frozen blocks and embeddings under it
+        are left at zero, uncomputed. Frozen parameters above it (in a partly trainable block,
+        ln_f, the head) still get their gradient; AdamW and clipping ignore it.
         """
         idx = self._check_idx(idx)
         targets = self._check_targets(targets, idx)
@@ -238,10 +307,14 @@ class GPTModel:
         dx = ops.linear_backward(dlogits, c_head, self._head_grad().T, None)       # (B, T, V) -> (B, T, C)
         del dlogits
         dx = ops.layernorm_backward(dx, c_lnf, g["ln_f.weight"], g["ln_f.bias"])    # (B, T, C)
-        for c, bg in zip(reversed(c_blocks), reversed(self._block_grads), strict=True):
-            dx = block_backward(dx, c, bg)                                      # (B, T, C)
-        dx = ops.dropout_backward(dx, c_drop)
-        ops.embedding_backward(dx, c_emb, g["wte.weight"], g["wpe.weight"])
+        # frozen parameters: nothing below the lowest trainable layer needs a gradient, so the
+        # backward stops there (those gradients stay zero); above it every gradient is computed
+        floor = self._grad_floor
+        for i in reversed(range(max(floor, 0), len(c_blocks))):
+            dx = block_backward(dx, c_blocks[i], self._block_grads[i])         # (B, T, C)
+        if floor < 0:
+            dx = ops.dropout_backward(dx, c_drop)
+            ops.embedding_backward(dx, c_emb, g["wte.weight"], g["wpe.weight"])
         return loss, self.grads
 
     # --- state ----------------------------------------------------------------------------------

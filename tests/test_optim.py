@@ -178,3 +178,38 @@ def test_clip_leaves_small_gradients_alone_and_reports_nonfinite():
     model.flat_grads[:] = [3, 0, 0, 4]
     assert clip_grad_norm_(model, 2.5) == pytest.approx(5.0)
     np.testing.assert_allclose(model.grads["w"], [[1.5, 0], [0, 2.0]], rtol=1e-6)
+
+
+# --- frozen parameters: packed moments -----------------------------------------------------------
+@pytest.mark.parametrize("kernels", ["numpy", "numba"])
+def test_frozen_ranges_update_like_a_full_optimizer_on_the_rest(kernels):
+    """With parameters frozen here and there, each trainable element follows exactly the path it
+    would with nothing frozen (the moments are packed, not shifted), and frozen ones do not move."""
+    from minigpt import backend
+    from minigpt.config import GPTConfig
+    from minigpt.model import GPTModel
+
+    cfg = GPTConfig(vocab_size=11, context_length=4, emb_dim=6, n_heads=2, n_layers=2, qkv_bias=True)
+    rng = np.random.default_rng(5)
+    gs = [rng.normal(size=GPTModel(cfg, seed=None, init=None).num_params) for _ in range(3)]
+    with backend.use(kernels):
+        full, part = GPTModel(cfg, seed=1), GPTModel(cfg, seed=1)
+        part.freeze(["wpe.weight", "h.0.ln_2.*", "h.1.mlp.c_fc.weight", "lm_head.weight"])
+        start = part.flat_params.copy()
+        o_full = AdamW(full, lr=1e-2, weight_decay=0.1, decay="matrices")
+        o_part = AdamW(part, lr=1e-2, weight_decay=0.1, decay="matrices")
+        assert o_part.m.size == part.num_trainable == full.num_params - sum(
+            full.params[n].size for n in part.frozen_names())
+        for g in gs:
+            o_full.step(g)
+            o_part.step(g)
+    mask = np.zeros(full.num_params, bool)
+    for a, b in part.trainable_ranges():
+        mask[a:b] = True
+    assert part.flat_params[mask].tobytes() == full.flat_params[mask].tobytes()
+    assert part.flat_params[~mask].tobytes() == start[~mask].tobytes()
+    assert o_part.m.tobytes() == o_full.m[mask].tobytes()
+    # a state saved with other frozen parameters is refused
+    state = o_part.state_dict()
+    with pytest.raises(ValueError, match="frozen parameters differ"):
+        AdamW(full, decay="matrices").load_state_dict(state)

@@ -324,11 +324,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("the context length exceeds the model's")
     train_loader, train_eval, val_loader, n_tr, n_va, n_win, n_vwin = build_loaders(tokenizer, text, o)
     dtype = np.dtype(o["dtype"]).type
-    model = GPTModel(cfg, seed=o["seed"], dtype=dtype)
-    if o.get("init", "gpt2") == "torch" and not resuming:  # a resumed run loads its weights
-        from minigpt.training.loop import init_like_torch
-
-        init_like_torch(model, seed=o["seed"])
+    # a resumed run loads its weights over these
+    model = GPTModel(cfg, seed=o["seed"], dtype=dtype, init=o.get("init", "gpt2"))
     optimizer = AdamW(model, lr=o["lr"], weight_decay=o["weight_decay"], decay=o["decay"])
     settings = TrainSettings(
         epochs=o["epochs"], max_steps=o["max_steps"], lr=o["lr"], min_lr=o["min_lr"],

@@ -6,9 +6,10 @@ A run directory looks like this::
       latest                   <- one line, the name of the newest complete checkpoint
       step-00000090/
         model.safetensors      <- every parameter, by its Hugging Face GPT-2 name
-        optimizer.safetensors  <- AdamW's m and v over the flat buffer
-        state.json             <- step, config, dtype, optimizer scalars, data position, RNG states,
-                                  run settings, history, and the sha256 of both tensor files
+        optimizer.safetensors  <- AdamW's m and v over the trainable ranges of the flat buffer
+        state.json             <- step, config, dtype, frozen parameters, optimizer scalars (with the
+                                  trainable ranges), data position, RNG states, run settings,
+                                  history, and the sha256 of both tensor files
       step-00000085/ ...       <- older ones, pruned to ``keep_last``
 
 Crash safety: a checkpoint is written into a temporary directory (each file fsync'ed), which is then
@@ -187,6 +188,7 @@ def save_checkpoint(
         "config": model.cfg.to_dict(),
         "dtype": np.dtype(model.dtype).name,
         "optimizer": opt_scalars,
+        "frozen": model.frozen_names() if hasattr(model, "frozen_names") else [],
         "files": hashes,
         "state": state or {},
     }
@@ -287,8 +289,9 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Load a checkpoint into ``model`` (and ``optimizer``); returns its state dict (``read_state``).
 
-    Refuses, with a ``CheckpointError`` naming the difference, a checkpoint whose config or dtype
-    differs from the model's, whose files fail their sha256 (``check=True``), or that has no
+    The model's frozen flags become the checkpoint's (before the optimizer's state, whose moments
+    cover the trainable parameters only). Refuses, with a ``CheckpointError`` naming the difference,
+    a checkpoint whose config or dtype differs from the model's, whose files fail their sha256 (``check=True``), or that has no
     optimizer state when an optimizer is given.
     """
     meta = verify(path) if check else read_state(path)
@@ -306,12 +309,23 @@ def load_checkpoint(
         model.load_state_dict(tensors, strict=True)
     except ValueError as e:
         raise CheckpointError(f"{ckpt / MODEL_FILE}: {e}") from e
+    frozen = meta.get("frozen", [])  # absent in checkpoints from before frozen parameters: none
+    if hasattr(model, "freeze"):
+        model.unfreeze()
+        if frozen:
+            try:
+                model.freeze(frozen)
+            except ValueError as e:
+                raise CheckpointError(f"{ckpt / STATE_FILE}: its frozen parameters: {e}") from e
     if optimizer is not None:
         if meta.get("optimizer") is None or not (ckpt / OPTIM_FILE).is_file():
             raise CheckpointError(f"{ckpt} has no optimizer state, so training cannot resume exactly "
                                   "from it (it can still be used for generation)")
         arrays = _load_tensors(ckpt / OPTIM_FILE)
-        optimizer.load_state_dict({**meta["optimizer"], **arrays})
+        try:
+            optimizer.load_state_dict({**meta["optimizer"], **arrays})
+        except ValueError as e:
+            raise CheckpointError(f"{ckpt / OPTIM_FILE}: {e}") from e
     return meta
 
 
@@ -328,5 +342,7 @@ def model_from_checkpoint(path: str | os.PathLike, dtype: Any = None, check: boo
     if dtype is not None and np.dtype(dtype) != saved_dtype:
         cast = GPTModel(cfg, seed=None, dtype=dtype)
         cast.load_state_dict(model.state_dict())
+        if model.frozen_names():
+            cast.freeze(model.frozen_names())
         model = cast
     return model, meta

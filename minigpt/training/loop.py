@@ -141,7 +141,9 @@ def plot_losses(steps: list[int], tokens_seen: list[int], train_losses: list[flo
 
 # --- the book's initialisation -------------------------------------------------------------------
 def init_like_torch(model: Any, seed: int | None = 123) -> None:
-    """Re-initialise ``model`` in place as PyTorch's default modules initialise the book's ``GPTModel``.
+    """Re-initialise ``model`` in place as PyTorch's default modules initialise the book's ``GPTModel``
+    (the same as ``GPTModel(cfg, seed, init="torch")``; the rules are the parameter table's
+    ``init_torch`` column, ``minigpt.params``).
 
     The book builds its model from ``nn.Embedding`` (normal(0, 1)), ``nn.Linear`` (weights and biases
     uniform in +-1/sqrt(fan_in), PyTorch's kaiming_uniform(a=sqrt(5)) default) and ``LayerNorm``
@@ -152,27 +154,7 @@ def init_like_torch(model: Any, seed: int | None = 123) -> None:
     Draws one ``np.random.default_rng(seed)`` stream in buffer order (float64 draws, so float32 and
     float64 models get the same numbers).
     """
-    rng = np.random.default_rng(seed)
-    params = model.params
-    for name, p in params.items():
-        if name in ("wte.weight", "wpe.weight"):                   # nn.Embedding
-            p[...] = rng.normal(0.0, 1.0, size=p.shape)
-        elif name.endswith(("ln_1.weight", "ln_2.weight")) or name == "ln_f.weight":
-            p[...] = 1.0
-        elif name.endswith(("ln_1.bias", "ln_2.bias")) or name == "ln_f.bias":
-            p[...] = 0.0
-        elif name == "lm_head.weight":                             # (V, C): fan_in is C
-            bound = 1.0 / math.sqrt(p.shape[1])
-            p[...] = rng.uniform(-bound, bound, size=p.shape)
-        elif name.endswith(".weight"):                             # (in, out): fan_in is in
-            bound = 1.0 / math.sqrt(p.shape[0])
-            p[...] = rng.uniform(-bound, bound, size=p.shape)
-        elif name.endswith(".bias"):                               # fan_in of its weight
-            fan_in = params[name[: -len("bias")] + "weight"].shape[0]
-            bound = 1.0 / math.sqrt(fan_in)
-            p[...] = rng.uniform(-bound, bound, size=p.shape)
-        else:
-            raise ValueError(f"init_like_torch: no rule for parameter {name!r}")
+    model.init_weights("torch", seed)
 
 
 # --- threads ------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import numpy as np
 
 from minigpt import backend
 from minigpt.layers.adamw import CHUNK  # elements per chunk of the vectorised passes
+from minigpt.params import runs
 
 
 # --- flat-buffer plumbing --------------------------------------------------------------------------
@@ -101,11 +102,18 @@ class AdamW:
             1-D array of parameters. Updated in place.
         lr, betas, eps, weight_decay: as ``torch.optim.AdamW`` (its defaults: 1e-3, (0.9, 0.999),
             1e-8, 0.01; the book passes lr=4e-4, weight_decay=0.1).
-        decay: ``"all"`` (the book: every parameter decays) or ``"matrices"`` (only parameters with
-            ndim >= 2 - the weight matrices and embeddings - decay; biases and layernorm do not).
+        decay: ``"all"`` (the book: every parameter decays) or ``"matrices"`` (the parameter
+            table's decay group: the weight matrices and embeddings; biases and layernorm do not.
+            For a dict or an array, without a table: the views with ndim >= 2, the same rule).
+
+    Frozen parameters (a model's ``freeze``): only the trainable ranges of the flat buffer are
+    updated or decayed, and the moments ``m``, ``v`` cover only them (``m.size ==
+    model.num_trainable``), packed run after run in buffer order. The ranges are fixed when the
+    optimizer is built (or loads a state); freezing or unfreezing afterwards is refused at the
+    next step.
 
     ``opt.lr`` may be changed between steps (the schedule does); ``opt.t`` counts steps taken.
-    State: ``m``, ``v`` (same shape and dtype as the flat buffer) and ``t``.
+    State: ``m``, ``v`` (the trainable elements, in the flat buffer's dtype) and ``t``.
     """
 
     def __init__(
@@ -137,32 +145,52 @@ class AdamW:
         self.weight_decay = float(weight_decay)
         self.decay = decay
         self.model = params if hasattr(params, "flat_grads") else None
-        self.m = np.zeros_like(self.flat)  # first moment, same layout as the flat buffer
-        self.v = np.zeros_like(self.flat)  # second moment
         self.t = 0
-        if decay == "all":
-            self.decay_ranges = [(0, self.flat.size)]
-        else:
-            self.decay_ranges = _merge([(a, b) for a, b, shape in self.layout.values() if len(shape) >= 2])
+        self._set_ranges()
 
-    def _segments(self) -> list[tuple[int, int, bool]]:
-        """The flat buffer cut into consecutive (start, stop, decays) runs."""
+    def _set_ranges(self) -> None:
+        """Read the trainable ranges and the decay group (from the model's parameter table when
+        there is one) and size the moments to the trainable elements."""
+        table = getattr(self.model, "table", None)
+        if table is not None:
+            self.trainable = tuple(self.model.trainable_ranges())
+            self.decay_ranges = runs(table, lambda s: s.decay)
+        else:
+            self.trainable = tuple(_merge([(a, b) for a, b, _ in self.layout.values()]))
+            self.decay_ranges = _merge([(a, b) for a, b, shape in self.layout.values() if len(shape) >= 2])
+        if self.decay == "all":
+            self.decay_ranges = list(self.trainable)
+        self.segments = self._segments()
+        n = sum(b - a for a, b in self.trainable)
+        self.m = np.zeros(n, dtype=self.flat.dtype)  # first moment of the trainable elements
+        self.v = np.zeros(n, dtype=self.flat.dtype)  # second moment
+
+    def _segments(self) -> list[tuple[int, int, int, bool]]:
+        """The trainable ranges cut where decay starts or stops: (start, stop, the start of its
+        moments in m and v, decays) runs, in buffer order."""
+        cuts = sorted({x for r in self.decay_ranges for x in r})
         segs, pos = [], 0
-        for a, b in self.decay_ranges:
-            if a > pos:
-                segs.append((pos, a, False))
-            segs.append((a, b, True))
-            pos = b
-        if pos < self.flat.size:
-            segs.append((pos, self.flat.size, False))
+        for a, b in self.trainable:
+            points = [a] + [c for c in cuts if a < c < b] + [b]
+            for lo, hi in zip(points[:-1], points[1:], strict=True):
+                decays = any(da <= lo and hi <= db for da, db in self.decay_ranges)
+                segs.append((lo, hi, pos, decays))
+                pos += hi - lo
         return segs
 
     def decay_mask(self) -> np.ndarray:
-        """A boolean mask over the flat buffer: True where weight decay applies."""
+        """A boolean mask over the flat buffer: True where weight decay applies (trainable only)."""
         mask = np.zeros(self.flat.size, dtype=bool)
-        for a, b in self.decay_ranges:
-            mask[a:b] = True
+        for a, b, _, decays in self.segments:
+            mask[a:b] = decays
         return mask
+
+    def _check_frozen_unchanged(self) -> None:
+        if self.model is not None and getattr(self.model, "table", None) is not None \
+                and tuple(self.model.trainable_ranges()) != self.trainable:
+            raise ValueError("AdamW: the model's frozen parameters changed after this optimizer was "
+                             "built; build a new AdamW after freeze()/unfreeze() (it keeps moments "
+                             "for the trainable parameters only)")
 
     def _grad_flat(self, grads: Any) -> np.ndarray:
         if grads is None:
@@ -183,7 +211,9 @@ class AdamW:
         return g
 
     def step(self, grads: Any = None) -> None:
-        """One AdamW update with ``self.lr``; ``grads`` defaults to the model's ``flat_grads``."""
+        """One AdamW update with ``self.lr``; ``grads`` defaults to the model's ``flat_grads``.
+        Only the trainable ranges are read and written."""
+        self._check_frozen_unchanged()
         g = self._grad_flat(grads)
         self.t += 1
         lr, (b1, b2), eps, wd = self.lr, self.betas, self.eps, self.weight_decay
@@ -191,25 +221,41 @@ class AdamW:
         if g.dtype != p.dtype or not g.flags.c_contiguous:
             g = np.ascontiguousarray(g, dtype=p.dtype)
         ops = backend.ops()
-        for a, b, decays in self._segments():   # one pass per run of (decayed | not decayed) params
-            ops.adamw_step(p[a:b], g[a:b], m[a:b], v[a:b], lr, b1, b2, eps, wd if decays else 0.0,
-                           self.t)
+        # one pass per run of (decayed | not decayed) trainable parameters; m and v hold the
+        # trainable elements only, packed: the run [a, b) of p has its moments at [s, s + b - a)
+        for a, b, s, decays in self.segments:
+            ops.adamw_step(p[a:b], g[a:b], m[s:s + b - a], v[s:s + b - a], lr, b1, b2, eps,
+                           wd if decays else 0.0, self.t)
 
     # --- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Arrays ``m``, ``v`` (copies) and JSON-able scalars; round-trips through ``load_state_dict``."""
+        """Arrays ``m``, ``v`` (copies, the trainable elements only) and JSON-able scalars, with the
+        trainable ranges they cover; round-trips through ``load_state_dict``."""
         return {
             "m": self.m.copy(), "v": self.v.copy(), "t": self.t, "lr": self.lr,
             "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay,
-            "decay": self.decay,
+            "decay": self.decay, "ranges": [list(r) for r in self.trainable],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a ``state_dict``. With a model, the trainable ranges are read from it again
+        first (a checkpoint restores the model's frozen flags before the optimizer's state), and
+        must be the ones the state was saved with."""
+        if state.get("decay", self.decay) != self.decay:
+            raise ValueError(f"AdamW.load_state_dict: the checkpoint used decay={state['decay']!r}, "
+                             f"this optimizer decay={self.decay!r}")
+        self._set_ranges()
+        saved = state.get("ranges")  # absent in states saved before frozen parameters existed
+        if saved is not None and [tuple(r) for r in saved] != list(self.trainable):
+            raise ValueError(f"AdamW.load_state_dict: the state covers the trainable ranges "
+                             f"{saved[:4]}..., this optimizer {list(self.trainable)[:4]}...: the "
+                             "model's frozen parameters differ from the run that saved it")
         for key in ("m", "v"):
             arr = np.asarray(state[key])
-            if arr.shape != self.flat.shape:
-                raise ValueError(f"AdamW.load_state_dict: {key} has shape {arr.shape}, the parameters "
-                                 f"{self.flat.shape}: the checkpoint belongs to a different model")
+            if arr.shape != self.m.shape:
+                raise ValueError(f"AdamW.load_state_dict: {key} has shape {arr.shape}, this "
+                                 f"optimizer's {self.m.shape} (its trainable elements): the "
+                                 "checkpoint belongs to a different model")
         self.m[...] = state["m"]
         self.v[...] = state["v"]
         self.t = int(state["t"])
@@ -217,9 +263,6 @@ class AdamW:
         self.betas = tuple(float(b) for b in state.get("betas", self.betas))  # type: ignore[assignment]
         self.eps = float(state.get("eps", self.eps))
         self.weight_decay = float(state.get("weight_decay", self.weight_decay))
-        if state.get("decay", self.decay) != self.decay:
-            raise ValueError(f"AdamW.load_state_dict: the checkpoint used decay={state['decay']!r}, "
-                             f"this optimizer decay={self.decay!r}")
 
 
 # --- schedule --------------------------------------------------------------------------------------
@@ -253,13 +296,27 @@ def lr_at(
 
 
 # --- clipping --------------------------------------------------------------------------------------
+def _grad_ranges(grads: Any, what: str) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The flat gradient buffer and the ranges that count: a model's trainable ranges (frozen
+    parameters have no say in the norm, as PyTorch's ``clip_grad_norm_`` over the optimizer's
+    parameters), else all of it."""
+    if hasattr(grads, "flat_grads"):
+        g = grads.flat_grads
+        ranges = grads.trainable_ranges() if hasattr(grads, "trainable_ranges") else [(0, g.size)]
+        return g, list(ranges)
+    g = _as_flat(grads, what)[0]
+    return g, [(0, g.size)]
+
+
 def grad_norm(grads: Any) -> float:
-    """The global L2 norm of all gradients (accumulated in float64, chunk by chunk)."""
-    g = grads.flat_grads if hasattr(grads, "flat_grads") else _as_flat(grads, "grad_norm")[0]
+    """The global L2 norm of the gradients (accumulated in float64, chunk by chunk): of a model's
+    trainable parameters, or of every element of a dict of views / a 1-D array."""
+    g, ranges = _grad_ranges(grads, "grad_norm")
     total = 0.0
-    for a in range(0, g.size, CHUNK):
-        c = g[a : a + CHUNK].astype(np.float64)
-        total += float(c @ c)
+    for a0, b0 in ranges:
+        for a in range(a0, b0, CHUNK):
+            c = g[a : min(a + CHUNK, b0)].astype(np.float64)
+            total += float(c @ c)
     return math.sqrt(total)
 
 
@@ -267,15 +324,17 @@ def clip_grad_norm_(grads: Any, max_norm: float) -> float:
     """Scale the gradients in place so their global L2 norm is at most ``max_norm``.
 
     Like ``torch.nn.utils.clip_grad_norm_``: ``g *= min(1, max_norm / (norm + 1e-6))``. Returns the
-    norm *before* clipping (inf or nan when a gradient is not finite; nothing is scaled then).
+    norm *before* clipping (inf or nan when a gradient is not finite; nothing is scaled then). For a
+    model, the norm and the scaling cover its trainable parameters only (``grad_norm``).
     """
     if not max_norm > 0:
         raise ValueError(f"clip_grad_norm_: max_norm must be > 0, got {max_norm}")
-    g = grads.flat_grads if hasattr(grads, "flat_grads") else _as_flat(grads, "clip_grad_norm_")[0]
-    norm = grad_norm(g)
+    g, ranges = _grad_ranges(grads, "clip_grad_norm_")
+    norm = grad_norm(grads)
     if not math.isfinite(norm):
         return norm
     coef = max_norm / (norm + 1e-6)
     if coef < 1.0:
-        g *= g.dtype.type(coef)
+        for a, b in ranges:
+            g[a:b] *= g.dtype.type(coef)
     return norm

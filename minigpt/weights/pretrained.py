@@ -29,7 +29,6 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,8 @@ from safetensors import SafetensorError, safe_open
 from minigpt.weights import download, tf_checkpoint
 from minigpt.training.checkpoint import save_tensors
 from minigpt.config import PRETRAINED_CONFIGS, GPTConfig
-from minigpt.model import GPTModel, param_shapes
+from minigpt.model import GPTModel
+from minigpt.params import Piece, param_shapes, param_table  # Piece: where a tensor sits in a file
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"  # sharded: model-00001-of-0000N.safetensors ...
@@ -174,19 +174,6 @@ def _read(f, name: str, rows: slice | None) -> np.ndarray:
         raise SafetensorsError(f"cannot read tensor {name!r} ({e}); is the file complete?") from None
 
 
-@dataclass(frozen=True)
-class Piece:
-    """Where (part of) one minigpt parameter comes from in the file.
-
-    ``key``: the tensor's name in the file; ``transpose``: stored (out, in), minigpt wants (in, out);
-    ``cols``: the column block of the parameter it fills (W_query/W_key/W_value -> c_attn), or None.
-    """
-
-    key: str
-    transpose: bool = False
-    cols: tuple[int, int] | None = None
-
-
 # --- configs ------------------------------------------------------------------------------------
 def config_from_hf(d: dict[str, Any], drop_rate: float | None = None) -> GPTConfig:
     """A Hugging Face ``GPT2Config`` dict (config.json) -> GPTConfig, refusing what minigpt can't run.
@@ -289,33 +276,11 @@ def head_key(fmt: str) -> str:
 
 
 def mapping(cfg: GPTConfig, fmt: str) -> dict[str, list[Piece]]:
-    """minigpt parameter name -> the pieces of the file it is made of (canonical file keys)."""
+    """minigpt parameter name -> the pieces of the file it is made of (canonical file keys), read
+    from the parameter table's ``hf_name`` / ``book`` columns (``minigpt.params``)."""
     if fmt == "hf":
-        return {name: [Piece(name)] for name in param_shapes(cfg)}
-    C = cfg.emb_dim
-    m: dict[str, list[Piece]] = {"wte.weight": [Piece("tok_emb.weight")],
-                                 "wpe.weight": [Piece("pos_emb.weight")]}
-    for i in range(cfg.n_layers):
-        h, b = f"h.{i}.", f"trf_blocks.{i}."
-        qkv = [(b + f"att.W_{w}", (j * C, (j + 1) * C)) for j, w in enumerate(("query", "key", "value"))]
-        m[h + "ln_1.weight"] = [Piece(b + "norm1.scale")]
-        m[h + "ln_1.bias"] = [Piece(b + "norm1.shift")]
-        m[h + "attn.c_attn.weight"] = [Piece(k + ".weight", True, cols) for k, cols in qkv]
-        if cfg.qkv_bias:
-            m[h + "attn.c_attn.bias"] = [Piece(k + ".bias", False, cols) for k, cols in qkv]
-        m[h + "attn.c_proj.weight"] = [Piece(b + "att.out_proj.weight", True)]
-        m[h + "attn.c_proj.bias"] = [Piece(b + "att.out_proj.bias")]
-        m[h + "ln_2.weight"] = [Piece(b + "norm2.scale")]
-        m[h + "ln_2.bias"] = [Piece(b + "norm2.shift")]
-        m[h + "mlp.c_fc.weight"] = [Piece(b + "ff.layers.0.weight", True)]
-        m[h + "mlp.c_fc.bias"] = [Piece(b + "ff.layers.0.bias")]
-        m[h + "mlp.c_proj.weight"] = [Piece(b + "ff.layers.2.weight", True)]
-        m[h + "mlp.c_proj.bias"] = [Piece(b + "ff.layers.2.bias")]
-    m["ln_f.weight"] = [Piece("final_norm.scale")]
-    m["ln_f.bias"] = [Piece("final_norm.shift")]
-    if not cfg.tie_weights:
-        m["lm_head.weight"] = [Piece("out_head.weight")]
-    return m
+        return {s.name: [Piece(s.hf_name.removeprefix("transformer."))] for s in param_table(cfg)}
+    return {s.name: list(s.book) for s in param_table(cfg)}
 
 
 def _piece_shape(piece: Piece, param_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -579,9 +544,13 @@ def hf_state(model: GPTModel, dtype=None) -> dict[str, np.ndarray]:
     """
     C = model.cfg.emb_dim
     out: dict[str, np.ndarray] = {}
-    for name, arr in model.params.items():
-        key = name if name == "lm_head.weight" else "transformer." + name
-        out[key] = arr if dtype is None else arr.astype(dtype)
+    nameless = [s.name for s in model.table if s.hf_name is None]
+    if nameless:
+        raise ValueError(f"parameters {nameless[:4]} have no place in GPT-2's format (adapters or "
+                         "heads); merge or drop them before saving")
+    for spec in model.table:
+        arr = model.params[spec.name]
+        out[spec.hf_name] = arr if dtype is None else arr.astype(dtype)
     if not model.cfg.qkv_bias:
         for i in range(model.cfg.n_layers):
             out[f"transformer.h.{i}.attn.c_attn.bias"] = np.zeros(3 * C, dtype or model.dtype)

@@ -30,20 +30,21 @@ from pathlib import Path
 
 import numpy as np
 
+from minigpt.config import GPTConfig
+from minigpt.params import param_table
+
 _MAGIC = 0xDB4775248B80FB57
 # TensorFlow DataType enum -> little-endian NumPy dtype (bfloat16 is read as its raw bits)
 _TF_DTYPES = {1: "<f4", 2: "<f8", 3: "<i4", 4: "|u1", 5: "<i2", 6: "|i1", 9: "<i8", 10: "|b1",
               14: "<u2", 17: "<u2", 19: "<f2", 22: "<u4", 23: "<u8"}
-_NAME_MAP = [  # OpenAI's TF names -> minigpt's
-    (r"^model/wte$", "wte.weight"),
-    (r"^model/wpe$", "wpe.weight"),
-    (r"^model/ln_f/g$", "ln_f.weight"),
-    (r"^model/ln_f/b$", "ln_f.bias"),
-    (r"^model/h(\d+)/(ln_1|ln_2)/g$", r"h.\1.\2.weight"),
-    (r"^model/h(\d+)/(ln_1|ln_2)/b$", r"h.\1.\2.bias"),
-    (r"^model/h(\d+)/(attn/c_attn|attn/c_proj|mlp/c_fc|mlp/c_proj)/w$", r"h.\1.\2.weight"),
-    (r"^model/h(\d+)/(attn/c_attn|attn/c_proj|mlp/c_fc|mlp/c_proj)/b$", r"h.\1.\2.bias"),
-]
+def tf_names(tf_keys) -> dict[str, str]:
+    """OpenAI's TF names -> minigpt's, read from the parameter table's ``tf_name`` column for as many
+    blocks as the keys hold (names do not depend on the sizes; OpenAI's models have the q/k/v bias
+    and a tied head)."""
+    blocks = [int(m.group(1)) for k in tf_keys if (m := re.match(r"^model/h(\d+)/", k))]
+    cfg = GPTConfig(vocab_size=1, context_length=1, emb_dim=1, n_heads=1,
+                    n_layers=max(blocks, default=0) + 1, qkv_bias=True, tie_weights=True)
+    return {s.tf_name: s.name for s in param_table(cfg) if s.tf_name}
 
 
 class TFCheckpointError(ValueError):
@@ -221,6 +222,7 @@ class TFCheckpoint:
         if int(header.get(2, 0)) != 0:
             raise TFCheckpointError(f"{self.path}: a big-endian checkpoint; not supported")
         self._entries: dict[str, tuple[np.dtype, tuple[int, ...], Path, int, int, int | None, str]] = {}
+        names = tf_names(entries)
         for tf_name, value in entries.items():
             f = _proto_fields(value)
             fields = dict(f)
@@ -240,7 +242,7 @@ class TFCheckpoint:
             dtype = np.dtype(_TF_DTYPES[code])
             if size != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
                 raise TFCheckpointError(f"{self.path}: {tf_name!r} {shape} has {size} bytes; corrupt")
-            name, shape = self._rename(tf_name, shape)
+            name, shape = self._rename(tf_name, shape, names)
             self._entries[name] = (dtype, shape, data, offset, size, crc, tf_name)
         for _, _, data, offset, size, _, tf_name in self._entries.values():
             if not data.is_file():
@@ -251,14 +253,14 @@ class TFCheckpoint:
                                         f"{offset + size}, the file has {data.stat().st_size}")
 
     @staticmethod
-    def _rename(tf_name: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
-        for pattern, repl in _NAME_MAP:
-            if re.match(pattern, tf_name):
-                name = re.sub(pattern, repl, tf_name).replace("/", ".")
-                if name.endswith(".weight") and len(shape) == 3 and shape[0] == 1:
-                    shape = shape[1:]  # OpenAI's conv1d weights are (1, in, out)
-                return name, shape
-        return tf_name, shape  # unknown: kept, so the strict loader reports it by its TF name
+    def _rename(tf_name: str, shape: tuple[int, ...],
+                names: dict[str, str]) -> tuple[str, tuple[int, ...]]:
+        if tf_name not in names:
+            return tf_name, shape  # unknown: kept, so the strict loader reports it by its TF name
+        name = names[tf_name]
+        if name.endswith(".weight") and len(shape) == 3 and shape[0] == 1:
+            shape = shape[1:]  # OpenAI's conv1d weights are (1, in, out)
+        return name, shape
 
     def keys(self) -> list[str]:
         return list(self._entries)
