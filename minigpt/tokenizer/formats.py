@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import tempfile
 from functools import lru_cache
+
+from minigpt.atomic import atomic_path
 
 
 @lru_cache(maxsize=1)
@@ -62,17 +62,9 @@ def str_to_token(s: str, where: str = "") -> bytes:
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` to ``path`` through the one atomic writer (``minigpt.atomic``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 # ---------------------------------------------------------------- encoder.json/vocab.json + merges

@@ -28,11 +28,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from minigpt.atomic import atomic_path, fsync_path, write_text_atomic  # noqa: F401 (re-exported)
 
 FORMAT = "minigpt-checkpoint"
 VERSION = 1
@@ -61,40 +62,6 @@ def set_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
     rng.bit_generator.state = state
 
 
-# --- low-level atomic writes ------------------------------------------------------------------------
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so a reader sees the old or the new content, never a mix."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -105,24 +72,13 @@ def _sha256(path: Path) -> str:
 
 def save_tensors(tensors: dict[str, np.ndarray], path: str | os.PathLike,
                  metadata: dict[str, str] | None = None) -> None:
-    """Write ``tensors`` as safetensors (``safetensors.numpy.save_file``), atomically: into a
-    temporary file beside ``path``, fsync'ed, then renamed over it. A crash mid-write leaves the old
-    file (or none), never half a file. The one writer for the format (checkpoints, save_pretrained).
-    """
+    """Write ``tensors`` as safetensors (``safetensors.numpy.save_file``) through the one atomic
+    writer (``minigpt.atomic``). The one writer for the format (checkpoints, save_pretrained)."""
     from safetensors.numpy import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: np.require(v, requirements="C") for k, v in tensors.items()}, tmp,
                   metadata=metadata)
-        _fsync_file(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _older_hint(ckpt: Path) -> str:
@@ -192,11 +148,8 @@ def save_checkpoint(
         "files": hashes,
         "state": state or {},
     }
-    with open(tmp / STATE_FILE, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    write_text_atomic(tmp / STATE_FILE, json.dumps(meta, indent=1))
+    fsync_path(tmp)
     final = directory / name
     if final.exists():  # re-saving the same step (e.g. the end of a run right after a periodic save)
         trash = directory / f".tmp-old-{name}-{os.getpid()}"
@@ -205,7 +158,7 @@ def save_checkpoint(
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_dir(directory)
+    fsync_path(directory)
     write_text_atomic(directory / LATEST, name + "\n")
     if keep_last > 0:
         steps = sorted(list_checkpoints(directory))

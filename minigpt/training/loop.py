@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from minigpt.atomic import atomic_path, write_text_atomic
 from minigpt.training.checkpoint import (
     list_checkpoints,
     load_checkpoint,
@@ -40,7 +41,6 @@ from minigpt.training.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
-    write_text_atomic,
 )
 from minigpt.inference.generate import generate, text_to_token_ids, token_ids_to_text
 from minigpt.training.kernel_cache import check_still_cached, warm_kernel_cache
@@ -132,10 +132,9 @@ def plot_losses(steps: list[int], tokens_seen: list[int], train_losses: list[flo
     ax2.set_xlabel("tokens seen")
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -28,7 +28,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from minigpt.weights import download, tf_checkpoint
+from minigpt.atomic import write_text_atomic
 from minigpt.training.checkpoint import save_tensors
 from minigpt.config import PRETRAINED_CONFIGS, GPTConfig
 from minigpt.model import GPTModel
@@ -575,7 +575,7 @@ def save_pretrained(model: GPTModel, directory: str | os.PathLike, *, dtype=None
         raise ValueError(f"save dtype must be float16, float32 or float64, got {out_dtype}")
     save_tensors(hf_state(model, None if dtype is None else out_dtype), directory / WEIGHTS_FILE,
                  metadata={"format": "pt"})
-    _write_atomic(directory / CONFIG_FILE, json.dumps(config_to_hf(model.cfg, out_dtype), indent=2))
+    _write_text(directory / CONFIG_FILE, json.dumps(config_to_hf(model.cfg, out_dtype), indent=2))
     if tokenizer is None:
         tokenizer = model.cfg.vocab_size == GPT2_VOCAB_SIZE
     if tokenizer:
@@ -583,10 +583,10 @@ def save_pretrained(model: GPTModel, directory: str | os.PathLike, *, dtype=None
             raise ValueError(f"GPT-2's tokenizer has {GPT2_VOCAB_SIZE} tokens, the model "
                              f"{model.cfg.vocab_size}; save with tokenizer=False")
         assets = resources.files("minigpt") / "assets" / "gpt2"
-        _write_atomic(directory / "vocab.json", (assets / "encoder.json").read_text("utf-8"))
-        _write_atomic(directory / "merges.txt", (assets / "vocab.bpe").read_text("utf-8"))
+        _write_text(directory / "vocab.json", (assets / "encoder.json").read_text("utf-8"))
+        _write_text(directory / "merges.txt", (assets / "vocab.bpe").read_text("utf-8"))
         eot = "<|endoftext|>"
-        _write_atomic(directory / "tokenizer_config.json", json.dumps({
+        _write_text(directory / "tokenizer_config.json", json.dumps({
             "tokenizer_class": "GPT2Tokenizer", "model_max_length": model.cfg.context_length,
             "bos_token": eot, "eos_token": eot, "unk_token": eot, "add_prefix_space": False,
         }, indent=2))
@@ -596,14 +596,8 @@ def save_pretrained(model: GPTModel, directory: str | os.PathLike, *, dtype=None
 GPT2_VOCAB_SIZE = 50257
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text if text.endswith("\n") else text + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_text(path: Path, text: str) -> None:
+    """A JSON or text file of a saved model, ending in a newline, written atomically."""
+    write_text_atomic(path, text if text.endswith("\n") else text + "\n")
+
+
