@@ -3,7 +3,7 @@ fresh process, alternating; and the peak memory of each (one fresh process per m
 
     python benchmarks/bench_decode.py --config gpt2 --tokens 64 [--repeats 3] [--threads 2]
 
-Same code as ``minigpt bench --only decode,memory`` (minigpt/bench/model_bench.py, memory.py).
+Same code as ``minigpt bench --only decode,memory`` (minigpt/cli/bench/model_bench.py, memory.py).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ start-up compile time of a fresh process.
 
     python benchmarks/bench_kernels.py [--config small] [--threads 2]
 
-Same code as ``minigpt bench --only kernels,startup`` (minigpt/bench/kernel_times.py, startup.py).
+Same code as ``minigpt bench --only kernels,startup`` (minigpt/cli/bench/kernel_times.py, startup.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ fresh process, alternating; prints tokens/s, ratio, MFU and the per-phase profil
 
     python benchmarks/bench_train_step.py --config small --steps 10 [--threads 2] [--same-process]
 
-Same code as ``minigpt bench --only train,profile`` (minigpt/bench/model_bench.py).
+Same code as ``minigpt bench --only train,profile`` (minigpt/cli/bench/model_bench.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Write a tiny GPT-2 checkpoint in OpenAI's TensorFlow layout with TensorFlow itself, and check
-that minigpt's TensorFlow-free reader (minigpt/tf_checkpoint.py) reads every variable exactly.
+that minigpt's TensorFlow-free reader (minigpt/weights/tf_checkpoint.py) reads every variable exactly.
 
 Needs TensorFlow (NOT a dependency of minigpt or its tests):
 

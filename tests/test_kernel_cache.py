@@ -1,4 +1,4 @@
-"""minigpt/kernel_cache.py: after the warm-up, a training process compiles no kernel itself.
+"""minigpt/training/kernel_cache.py: after the warm-up, a training process compiles no kernel itself.
 
 A kernel compiled in-process gives results that differ in the last bits from the same kernel loaded
 from Numba's cache, which would break the bit-identical resume; the warm-up compiles them in a child.

@@ -1,4 +1,4 @@
-"""Reading OpenAI's TensorFlow checkpoint layout without TensorFlow (minigpt/tf_checkpoint.py).
+"""Reading OpenAI's TensorFlow checkpoint layout without TensorFlow (minigpt/weights/tf_checkpoint.py).
 
 tests/fixtures/gpt2_tf_tiny was written by TensorFlow 2.21's ``tf.compat.v1.train.Saver`` with
 OpenAI's variable names and shapes; expected.safetensors holds what ``tf.train.load_variable``

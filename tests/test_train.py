@@ -270,7 +270,7 @@ def latest_step(run_dir):
 def test_cli_kill_minus_9_and_resume_is_bit_identical(tmp_path, threads):
     """Three processes, as a user would run them: one uninterrupted run, one killed with SIGKILL at a
     random moment, and its resume; all at ``threads`` threads. Each process runs the kernels' cached
-    code (minigpt/kernel_cache.py), so the resumed run must end with the same parameters and AdamW
+    code (minigpt/training/kernel_cache.py), so the resumed run must end with the same parameters and AdamW
     moments to the last bit. At 2 threads a copy of the killed run is also resumed at 1 thread: it
     ends close but not bit-identical (the split products round differently), which shows that the
     comparison sees rounding-level differences and that the thread count must not change.

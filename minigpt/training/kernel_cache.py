@@ -125,5 +125,5 @@ def check_still_cached(print_fn=None) -> bool:
     if fresh:
         (print_fn or print)(f"note: kernels compiled in this process during training: {', '.join(fresh)}; "
                             "a run resumed in a new process may differ from this one in the last bits "
-                            "(minigpt/kernel_cache.py: add them to exercise_kernels)")
+                            "(minigpt/training/kernel_cache.py: add them to exercise_kernels)")
     return not fresh
