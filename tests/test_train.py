@@ -248,7 +248,7 @@ def test_kill_config_reaches_the_parallel_paths():
     import kernels.blas
     import kernels.gelu
     import kernels.layernorm
-    from minigpt.layers.attention import BLAS_MIN_T
+    from kernels.attention import BLAS_MIN_T
 
     opt = dict(zip(KILL[::2], KILL[1::2], strict=True))
     B, T, C = (int(opt[k]) for k in ("--batch-size", "--context-length", "--emb-dim"))
