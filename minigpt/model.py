@@ -147,6 +147,9 @@ class GPTModel:
 
     def head_weight(self) -> np.ndarray:
         """The LM head's (V, C) weight: ``wte`` itself when tied."""
+        if self.cfg.num_classes is not None:
+            raise ValueError("this model has a classification head (params['out_head.weight']), "
+                             "not an LM head")
         return self.params["wte.weight" if self.cfg.tie_weights else "lm_head.weight"]
 
     def _head_grad(self) -> np.ndarray:

@@ -480,6 +480,12 @@ def save_pretrained(model: GPTModel, directory: str | os.PathLike, *, dtype=None
     Default: when the vocabulary size is GPT-2's 50257. Every file is written atomically.
     Returns the directory.
     """
+    if model.cfg.num_classes is not None:
+        raise ValueError(f"save_pretrained writes GPT2LMHeadModel's format, and this model has a "
+                         f"classification head (num_classes={model.cfg.num_classes}) instead of "
+                         "the LM head; Hugging Face's GPT2ForSequenceClassification has no bias "
+                         "for it (score.weight only). Save a minigpt checkpoint instead "
+                         "(minigpt.training.checkpoint.save_checkpoint)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(model.dtype)
