@@ -23,7 +23,6 @@ vector, and a checkpoint is one array.
 from __future__ import annotations
 
 import math
-
 from typing import NamedTuple
 
 import numpy as np
