@@ -336,7 +336,8 @@ class GPTModel:
 
         Zeroes the gradient buffer, then runs the head's backward, ``ln_f``, the blocks in reverse
         and the embedding. Returns ``self.grads`` (views into ``flat_grads``). ``dout`` is cast to
-        the model's dtype. A cache serves one backward: run ``forward_train`` again for the next.
+        the model's dtype. The cache holds the activations of the parameters it was made with: after
+        an optimizer step, run ``forward_train`` again.
         """
         dout = np.asarray(dout)
         if not np.issubdtype(dout.dtype, np.floating) or dout.shape != cache.out_shape:
