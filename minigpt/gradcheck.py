@@ -39,12 +39,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from minigpt import backend
 from minigpt.block import block_backward, block_forward
 from minigpt.config import GPTConfig
+from minigpt.layers.pooling import POOLINGS
 from minigpt.model import GPTModel
 from minigpt.params import ONES, ZEROS, ParamSpec, block_index, param_table
 from kernels.attention import BLAS_MIN_T
@@ -463,6 +465,90 @@ NEGATIVE_CONTROLS: dict[str, Callable[[], list[CheckResult]]] = {
 }
 
 
+# --- the heads: pooling and the classification head (chapter 6) -----------------------------------
+# Kept in one section (the layer cases and negative controls are added to the dicts above).
+
+LENGTHS = np.array([5, 2, 1])    # rows with no padding, some, and all but one token padding
+
+
+def _pooling_case(rng, mode, backward=None):
+    inputs = {"x": rng.standard_normal((3, 5, 4))}
+
+    def fwd(x):
+        return ops.pooling_forward(x, mode, LENGTHS)[0]
+
+    def bwd(g, x):
+        _, cache = ops.pooling_forward(x, mode, LENGTHS)
+        return {"x": (backward or ops.pooling_backward)(g, cache)}
+    return fwd, bwd, inputs, "11.4" if mode == "mean" else "11.3"
+
+
+LAYER_CASES.update({f"pooling ({mode}, rows of 5, 2, 1 tokens)": partial(_pooling_case, mode=mode)
+                    for mode in POOLINGS})
+
+
+def check_classifier_model(pooling: str, seed: int = 0, max_per_tensor: int | None = None,
+                           label: str | None = None) -> list[CheckResult]:
+    """Check ``loss_and_grads`` of the tiny model with a classification head (3 classes, the given
+    pooling) against central differences of ``loss``: every element of every parameter, or
+    ``max_per_tensor`` sampled ones of the trunk's tensors (the head's are always all checked).
+
+    Four right-padded rows of 7, 4, 2 and 5 real tokens (pad id 0), labels with one -100.
+    """
+    cfg = TINY.replace(num_classes=3, pooling=pooling)
+    rng = np.random.default_rng(seed)
+    model = GPTModel(cfg, seed=seed, dtype=np.float64)
+    _randomise(model, rng)
+    B, T = 4, cfg.context_length - 1
+    lengths = np.array([7, 4, 2, 5])
+    idx = rng.integers(1, cfg.vocab_size, (B, T))
+    idx[np.arange(T)[None, :] >= lengths[:, None]] = 0                     # right padding
+    labels = np.array([2, 0, 1, -100])
+
+    model.loss_and_grads(idx, labels, lengths=lengths)
+    analytic = model.flat_grads.copy()
+    label = label or f"classifier ({pooling})"
+    results, offset = [], 0
+    for name, shape in model.shapes.items():
+        size = int(np.prod(shape))
+        if max_per_tensor is None or size <= max_per_tensor or name.startswith("out_head"):
+            local = np.arange(size)
+        else:
+            local = np.sort(rng.choice(size, max_per_tensor, replace=False))
+        numeric = numerical_gradient(lambda: model.loss(idx, labels, lengths=lengths),
+                                     model.flat_params, offset + local)
+        eq = "11.6" if name.startswith("out_head") else _equation(name, cfg)
+        results.append(compare(label, name, analytic[offset + local], numeric, eq))
+        offset += size
+    return results
+
+
+def _pooling_backward_reads_padding(dout, cache):
+    """BUG: off by one, sends the gradient to position lengths[b] (the first padding token) instead
+    of lengths[b] - 1, the last real one the forward read (eq. 11.3)."""
+    mode, pos, shape = cache
+    dx = np.zeros(shape, dtype=dout.dtype)
+    dx[np.arange(shape[0]), np.minimum(pos + 1, shape[1] - 1)] = dout
+    return dx
+
+
+def _mean_pooling_backward_divides_by_T(dout, cache):
+    """BUG: divides by the padded length T instead of each row's lengths[b] (eq. 11.4)."""
+    mode, w, shape = cache
+    real = w > 0                                                           # (B, T)
+    return real[:, :, None] * dout[:, None, :] / shape[1]
+
+
+NEGATIVE_CONTROLS.update({
+    "last_nonpad pooling backward into a padding position": lambda: check_op(
+        "NEG pooling", *_pooling_case(np.random.default_rng(0), "last_nonpad",
+                                      _pooling_backward_reads_padding)),
+    "mean pooling backward that divides by T": lambda: check_op(
+        "NEG mean pooling", *_pooling_case(np.random.default_rng(0), "mean",
+                                           _mean_pooling_backward_divides_by_T)),
+})
+
+
 def run_all(include_model: bool = True, include_negative: bool = True):
     """Every layer check, the model variants and the negative controls.
 
@@ -479,6 +565,8 @@ def run_all(include_model: bool = True, include_negative: bool = True):
     if include_model:
         for key, cfg in MODEL_VARIANTS.items():
             results += check_model(cfg, label=f"model ({key})")
+        for pooling in POOLINGS:
+            results += check_classifier_model(pooling)
     negatives = {}
     if include_negative:
         for name, run in NEGATIVE_CONTROLS.items():

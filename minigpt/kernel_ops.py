@@ -38,6 +38,8 @@ from minigpt.layers import (  # no kernel: the layer function is used as it is
     dropout_backward,
     dropout_forward,
     embedding_forward,
+    pooling_backward,
+    pooling_forward,
     softmax,
     softmax_backward,
 )
@@ -53,6 +55,7 @@ __all__ = [
     "attention_forward", "attention_backward", "attention_step",
     "cross_entropy",
     "adamw_step",
+    "pooling_forward", "pooling_backward",
 ]
 
 PAIRS = {name: (getattr(_layers, name), globals()[name]) for name in __all__

@@ -1,7 +1,18 @@
 """GPTModel: GPT-2 as two readable functions, forward and backward, chaining the layers by hand.
 
-    idx -> embedding (tok + pos) -> dropout -> [block] x L -> ln_f -> lm_head -> logits -> loss
+    idx -> embedding (tok + pos) -> dropout -> [block] x L -> ln_f -> head -> out -> loss
     grads: the same chain in reverse, each layer's backward consuming the cache its forward returned.
+
+The head is the config's choice (``minigpt/heads.py``): the LM head, logits (B, T, V) over the
+vocabulary at every position, or a classification head (``cfg.num_classes``), logits (B, n) from one
+pooled vector per sequence. The loss is applied at the positions the task chooses: the targets'
+-100 leaves positions out (instruction tuning), the pooling picks the position of a classifier.
+
+Three levels of use:
+
+    loss, grads = model.loss_and_grads(idx, targets)      # cross-entropy + backward, in one call
+    out, cache = model.forward_train(idx)                 # any other loss (DPO): the forward ...
+    grads = model.backward(dout, cache)                   # ... and the backward from dL/dout
 
 Parameters live in ONE flat buffer (``flat_params``) and ``params`` holds named views into it, with
 Hugging Face GPT-2 names and the ``x @ W`` layout; gradients likewise (``flat_grads``, ``grads``).
@@ -15,10 +26,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from fnmatch import fnmatchcase
+from typing import NamedTuple
 
 import numpy as np
 
-from minigpt import backend
+from minigpt import backend, heads
 from minigpt.block import block_backward, block_forward, block_step
 from minigpt.config import GPTConfig
 from minigpt.inference.kv_cache import KVCache
@@ -34,6 +46,7 @@ from minigpt.params import (  # noqa: F401  (param_shapes: the model's names and
     param_table,
     runs,
 )
+from minigpt.layers.pooling import check_lengths
 
 SUPPORTED_DTYPES = (np.float32, np.float64)
 
@@ -48,8 +61,19 @@ def _block_dicts(views: dict[str, np.ndarray], n_layers: int) -> list[dict[str, 
     return blocks
 
 
+class TrainCache(NamedTuple):
+    """What ``forward_train`` keeps for ``backward``: each layer's cache, in forward order."""
+
+    emb: tuple
+    drop: object
+    blocks: list
+    lnf: tuple
+    head: tuple
+    out_shape: tuple[int, ...]   # the head's output, which ``dout`` must match
+
+
 class GPTModel:
-    """GPT-2 with hand-written forward and backward (the book's ``GPTModel``, chapters 4-5).
+    """GPT-2 with hand-written forward and backward (the book's ``GPTModel``, chapters 4-6).
 
     ``GPTModel(cfg, seed=123, dtype=np.float32)`` initialises like GPT-2 (``init="gpt2"``):
     normal(0, 0.02) for the embeddings and weight matrices, 0.02 / sqrt(2 L) for the two projections
@@ -64,6 +88,9 @@ class GPTModel:
     Frozen parameters (``freeze`` / ``unfreeze``): AdamW neither updates nor decays them and keeps
     no moments for them, clipping leaves them out of the norm, and the backward stops below the
     lowest layer that has a trainable parameter (see ``loss_and_grads``).
+    A classification head (``cfg.num_classes``) is initialised under either rule as the fresh
+    ``nn.Linear`` the book puts there: weight and bias uniform in +-1/sqrt(C). It comes last in the
+    buffer, so for one seed the rest of the model holds the same numbers as the LM model's.
     """
 
     def __init__(self, cfg: GPTConfig, seed: int | None = 123, dtype=np.float32, *,
@@ -168,7 +195,8 @@ class GPTModel:
             i = block_index(s.name)
             if i is not None:
                 lowest = min(lowest, i)
-            elif s.name not in ("ln_f.weight", "ln_f.bias", "lm_head.weight"):
+            elif s.name not in ("ln_f.weight", "ln_f.bias", "lm_head.weight",
+                                "out_head.weight", "out_head.bias"):
                 return -1
         return lowest
 
@@ -178,6 +206,9 @@ class GPTModel:
 
     def head_weight(self) -> np.ndarray:
         """The LM head's (V, C) weight: ``wte`` itself when tied."""
+        if self.cfg.num_classes is not None:
+            raise ValueError("this model has a classification head (params['out_head.weight']), "
+                             "not an LM head")
         return self.params["wte.weight" if self.cfg.tie_weights else "lm_head.weight"]
 
     def _head_grad(self) -> np.ndarray:
@@ -225,8 +256,32 @@ class GPTModel:
                              "nor -100 (the ignore index)")
         return targets
 
+    def _check_labels(self, labels, idx: np.ndarray) -> np.ndarray:
+        labels = np.asarray(labels)
+        n, B = self.cfg.num_classes, idx.shape[0]
+        if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must hold integer class ids, got dtype {labels.dtype}")
+        if labels.shape != (B,):
+            raise ValueError(f"a classifier takes one label per sequence: shape ({B},), got "
+                             f"{labels.shape}")
+        ok = (labels == -100) | ((labels >= 0) & (labels < n))
+        if not ok.all():
+            raise ValueError(f"labels hold {labels[~ok][0]}, neither a class id in [0, {n}) nor "
+                             f"-100 (the ignore index); the model has num_classes={n}")
+        return labels
+
+    def _check_lengths(self, lengths, idx: np.ndarray):
+        if self.cfg.num_classes is None:
+            if lengths is not None:
+                raise ValueError("lengths apply to a classification head (cfg.num_classes); the LM "
+                                 "head scores every position: leave padding out of the loss with "
+                                 "-100 targets instead")
+            return None
+        return check_lengths(lengths, *idx.shape, self.cfg.pooling)
+
     # --- forward --------------------------------------------------------------------------------
-    def _forward(self, idx: np.ndarray, rng: np.random.Generator | None, keep_caches: bool):
+    def _forward(self, idx: np.ndarray, rng: np.random.Generator | None, keep_caches: bool,
+                 lengths: np.ndarray | None = None):
         cfg, p, ops = self.cfg, self.params, backend.ops()
         x, c_emb = ops.embedding_forward(idx, p["wte.weight"], p["wpe.weight"])    # (B, T) -> (B, T, C)
         x, c_drop = ops.dropout_forward(x, cfg.drop_rate, rng)                      # (B, T, C)
@@ -236,26 +291,51 @@ class GPTModel:
             if keep_caches:
                 c_blocks.append(c)
         x, c_lnf = ops.layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])       # (B, T, C)
-        logits, c_head = ops.linear_forward(x, self.head_weight().T, None)          # (B, T, C) -> (B, T, V)
-        caches = (c_emb, c_drop, c_blocks, c_lnf, c_head) if keep_caches else None
-        return logits, caches
+        out, c_head = self._head_forward(x, lengths)             # (B, T, V), or (B, n) for a classifier
+        caches = TrainCache(c_emb, c_drop, c_blocks, c_lnf, c_head, out.shape) if keep_caches else None
+        return out, caches
+
+    def _head_forward(self, x: np.ndarray, lengths: np.ndarray | None):
+        """The config's head on the final hidden states x (B, T, C) (``minigpt/heads.py``)."""
+        if self.cfg.num_classes is None:
+            return heads.lm_head_forward(x, self.head_weight())                     # (B, T, V)
+        p = self.params
+        return heads.classifier_forward(x, p["out_head.weight"], p["out_head.bias"],
+                                        self.cfg.pooling, lengths)                  # (B, n)
 
     def forward(self, idx, *, rng: np.random.Generator | None = None,
-                kv_cache: KVCache | None = None) -> np.ndarray:
-        """idx (B, T) int -> logits (B, T, V).
+                kv_cache: KVCache | None = None, lengths=None) -> np.ndarray:
+        """idx (B, T) int -> the head's output: logits (B, T, V), or (B, num_classes) for a
+        classification head (``lengths`` (B,): the real tokens per row, for its pooling).
 
         Dropout is active only when ``rng`` is given and ``drop_rate > 0`` (training); without it the
-        forward is deterministic (evaluation, generation). With ``kv_cache``, ``idx`` holds only the
-        new tokens, their positions continue from ``kv_cache.pos``, and the logits of the new
-        positions are returned (see ``minigpt.inference.kv_cache``).
+        forward is deterministic (evaluation, generation). With ``kv_cache`` (LM head only),
+        ``idx`` holds only the new tokens, their positions continue from ``kv_cache.pos``, and the
+        logits of the new positions are returned (see ``minigpt.inference.kv_cache``).
         """
         if kv_cache is not None:
             return self._forward_cached(idx, kv_cache)
         idx = self._check_idx(idx)
-        logits, _ = self._forward(idx, rng, keep_caches=False)
-        return logits
+        lengths = self._check_lengths(lengths, idx)
+        out, _ = self._forward(idx, rng, keep_caches=False, lengths=lengths)
+        return out
+
+    def forward_train(self, idx, *, rng: np.random.Generator | None = None, lengths=None):
+        """The forward that keeps every layer's cache: ``(out, cache)`` for ``backward(dout, cache)``.
+
+        ``out`` is the head's output, as ``forward`` returns it. Use it for a loss that is not
+        ``loss_and_grads``'s cross-entropy: compute the loss and its gradient dL/dout from ``out``
+        (DPO: log-probabilities of the chosen and rejected responses), then call ``backward``.
+        """
+        idx = self._check_idx(idx)
+        lengths = self._check_lengths(lengths, idx)
+        return self._forward(idx, rng, keep_caches=True, lengths=lengths)
 
     def _forward_cached(self, idx, cache: KVCache) -> np.ndarray:
+        if self.cfg.num_classes is not None:
+            raise ValueError("the KV cache serves generation, which needs the LM head; this model "
+                             f"has a classification head (num_classes={self.cfg.num_classes}): call "
+                             "forward(idx, lengths=...) on the whole sequences instead")
         cache.check_compatible(self.cfg, self.dtype)
         idx = self._check_idx(idx, t0=cache.pos)
         if idx.shape[0] != cache.batch_size:
@@ -271,51 +351,89 @@ class GPTModel:
             x = block_step(x, bp, self.cfg.n_heads, cache.k[i], cache.v[i], t0)   # (B, T, C)
         x, _ = ops.layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])
         cache.pos += idx.shape[1]
-        logits, _ = ops.linear_forward(x, self.head_weight().T, None)                 # (B, T, V)
+        logits, _ = heads.lm_head_forward(x, self.head_weight())                      # (B, T, V)
         return logits
 
     # --- loss and backward ----------------------------------------------------------------------
-    def loss(self, idx, targets, *, rng: np.random.Generator | None = None) -> float:
-        """Mean cross-entropy over targets != -100, no backward. Dropout only when ``rng`` is
-        given (as in ``loss_and_grads``); evaluation leaves it out."""
+    def _check_targets_for_head(self, targets, idx: np.ndarray) -> np.ndarray:
+        if self.cfg.num_classes is None:
+            return self._check_targets(targets, idx)      # (B, T) next-token ids or -100
+        return self._check_labels(targets, idx)           # (B,) class ids or -100
+
+    def loss(self, idx, targets, *, rng: np.random.Generator | None = None, lengths=None) -> float:
+        """Mean cross-entropy over targets != -100, no backward. ``targets``: (B, T) token ids for
+        the LM head, (B,) class ids for a classifier. Dropout only when ``rng`` is given (as in
+        ``loss_and_grads``); evaluation leaves it out."""
         idx = self._check_idx(idx)
-        targets = self._check_targets(targets, idx)
-        logits, _ = self._forward(idx, rng, keep_caches=False)
-        loss, _ = backend.ops().cross_entropy(logits, targets, grad=False)
+        targets = self._check_targets_for_head(targets, idx)
+        lengths = self._check_lengths(lengths, idx)
+        out, _ = self._forward(idx, rng, keep_caches=False, lengths=lengths)
+        loss, _ = backend.ops().cross_entropy(out, targets, grad=False)
         return loss
 
-    def loss_and_grads(self, idx, targets, *, rng: np.random.Generator | None = None):
+    def loss_and_grads(self, idx, targets, *, rng: np.random.Generator | None = None, lengths=None):
         """Forward, loss, and the backward of every layer in reverse order, by hand.
 
-        Returns ``(loss, grads)``: the mean cross-entropy over targets != -100 and ``self.grads``,
-        the named views into ``flat_grads`` (overwritten by the next call; copy to keep them).
+        ``targets``: (B, T) next-token ids for the LM head, (B,) class ids for a classifier; -100
+        leaves a position (a sequence) out of the mean. ``lengths`` (B,): a classifier's real
+        tokens per row. Returns ``(loss, grads)``: the mean cross-entropy and ``self.grads``, the
+        named views into ``flat_grads`` (overwritten by the next call; copy to keep them).
         With frozen parameters the chain stops below the lowest layer holding a trainable one
         (``_lowest_trainable_layer``): the gradients of the frozen blocks and embeddings under it
         are left at zero, uncomputed. Frozen parameters above it (in a partly trainable block,
         ln_f, the head) still get their gradient; AdamW and clipping ignore it.
         """
         idx = self._check_idx(idx)
-        targets = self._check_targets(targets, idx)
-        ops = backend.ops()
-        logits, (c_emb, c_drop, c_blocks, c_lnf, c_head) = self._forward(idx, rng, keep_caches=True)
-        loss, dlogits = ops.cross_entropy(logits, targets, inplace=True)            # (B, T, V), over logits
-        del logits
+        targets = self._check_targets_for_head(targets, idx)
+        out, cache = self.forward_train(idx, rng=rng, lengths=lengths)
+        loss, dout = backend.ops().cross_entropy(out, targets, inplace=True)        # over out (eq. 7.3)
+        del out
+        # = self.backward(dout, cache), written out so that the (B, T, V) dlogits is freed before
+        # the blocks' backward (a test holds the two to the same bits)
         self.zero_grad()
+        dx = self._head_backward(dout, cache.head)                                  # (B, T, C)
+        del dout
+        return loss, self._trunk_backward(dx, cache)
+
+    def backward(self, dout, cache: TrainCache) -> dict[str, np.ndarray]:
+        """From dL/dout (the shape of ``forward_train``'s ``out``) to every parameter's gradient.
+
+        Zeroes the gradient buffer, then runs the head's backward, ``ln_f``, the blocks in reverse
+        and the embedding. Returns ``self.grads`` (views into ``flat_grads``). ``dout`` is cast to
+        the model's dtype. The cache holds the activations of the parameters it was made with: after
+        an optimizer step, run ``forward_train`` again.
+        """
+        dout = np.asarray(dout)
+        if not np.issubdtype(dout.dtype, np.floating) or dout.shape != cache.out_shape:
+            raise ValueError(f"dout must be a float array of the head's output shape "
+                             f"{cache.out_shape} (dL/dout), got {dout.dtype} {dout.shape}")
+        self.zero_grad()
+        dx = self._head_backward(dout.astype(self.dtype, copy=False), cache.head)   # (B, T, C)
+        return self._trunk_backward(dx, cache)
+
+    def _head_backward(self, dout: np.ndarray, c_head) -> np.ndarray:
+        """dout: (B, T, V) logits gradient, or (B, n) for a classifier -> dx (B, T, C)."""
+        # HOOK(frozen): a frozen head skips its weight gradient here (it still returns dx)
+        if self.cfg.num_classes is None:
+            # logits = x @ W_head^T: the gradient of W_head^T lands in dhead^T, a view (eq. 9.1).
+            # When tied, dhead IS wte's gradient, so it holds the sum of both uses (eq. 9.2).
+            return heads.lm_head_backward(dout, c_head, self._head_grad())          # (B, T, V) -> (B, T, C)
         g = self.grads
-        # logits = x @ W_head^T: the gradient of W_head^T lands in dhead^T, a view (eq. 9.1). When
-        # tied, dhead IS wte's gradient, so it holds the sum of both uses (eq. 9.2).
-        dx = ops.linear_backward(dlogits, c_head, self._head_grad().T, None)       # (B, T, V) -> (B, T, C)
-        del dlogits
-        dx = ops.layernorm_backward(dx, c_lnf, g["ln_f.weight"], g["ln_f.bias"])    # (B, T, C)
+        return heads.classifier_backward(dout, c_head, g["out_head.weight"], g["out_head.bias"])
+
+    def _trunk_backward(self, dx: np.ndarray, cache: TrainCache) -> dict[str, np.ndarray]:
+        """dx (B, T, C) at ln_f's output -> ln_f, the blocks in reverse, the embedding; fills grads."""
+        ops, g = backend.ops(), self.grads
+        dx = ops.layernorm_backward(dx, cache.lnf, g["ln_f.weight"], g["ln_f.bias"])  # (B, T, C)
         # frozen parameters: nothing below the lowest trainable layer needs a gradient, so the
         # backward stops there (those gradients stay zero); above it every gradient is computed
         floor = self._grad_floor
-        for i in reversed(range(max(floor, 0), len(c_blocks))):
-            dx = block_backward(dx, c_blocks[i], self._block_grads[i])         # (B, T, C)
+        for i in reversed(range(max(floor, 0), len(cache.blocks))):
+            dx = block_backward(dx, cache.blocks[i], self._block_grads[i])     # (B, T, C)
         if floor < 0:
-            dx = ops.dropout_backward(dx, c_drop)
-            ops.embedding_backward(dx, c_emb, g["wte.weight"], g["wpe.weight"])
-        return loss, self.grads
+            dx = ops.dropout_backward(dx, cache.drop)
+            ops.embedding_backward(dx, cache.emb, g["wte.weight"], g["wpe.weight"])
+        return self.grads
 
     # --- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:

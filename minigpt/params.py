@@ -31,9 +31,9 @@ r; B zeros, so the model is unchanged until B moves)::
     model = GPTModel(cfg, extra=lora)
     model.freeze(); model.unfreeze("*.lora_*")       # train only the adapters
 
-(The forward that uses them is the next step; here they only live in the buffer.) A classification
-head (the book's chapter 6) would be two more rows, e.g. ``cls_head.weight`` (C, n_classes) and
-``cls_head.bias``.
+(The forward that uses them is the next step; here they only live in the buffer.) The
+classification head of chapter 6 is two rows the table writes itself when ``cfg.num_classes`` is
+set: ``out_head.weight`` (C, n_classes) and ``out_head.bias``, in place of ``lm_head.weight``.
 """
 
 from __future__ import annotations
@@ -183,11 +183,24 @@ def param_table(cfg: Any, extra: Sequence[ParamSpec] = ()) -> list[ParamSpec]:
         ("ln_f.weight", (C,), ONES, ONES, False, pieces("final_norm.scale"), "model/ln_f/g"),
         ("ln_f.bias", (C,), ZEROS, ZEROS, False, pieces("final_norm.shift"), "model/ln_f/b"),
     ]
-    if not cfg.tie_weights:  # (out, in) like wte, so logits = x @ W^T either way; OpenAI's is tied
+    n_classes = getattr(cfg, "num_classes", None)
+    if n_classes is not None:  # chapter 6: a classification head replaces the LM head
+        # the book's fresh nn.Linear(C, n), under either rule; x @ W layout. Hugging Face's
+        # GPT2ForSequenceClassification calls it "score" (n, C) and has no bias: no mapping.
+        rows += [("out_head.weight", (C, n_classes), uniform_fan_in(C), uniform_fan_in(C), True,
+                  pieces("out_head.weight", True), None),
+                 ("out_head.bias", (n_classes,), uniform_fan_in(C), uniform_fan_in(C), False,
+                  pieces("out_head.bias"), None)]
+    elif not cfg.tie_weights:  # (out, in) like wte, so logits = x @ W^T either way; OpenAI's is tied
         rows.append(("lm_head.weight", (V, C), normal(0.02), uniform_fan_in(C), True,
                      pieces("out_head.weight"), None))
-    table = [ParamSpec(name, shape, g, t, decay, True,
-                       name if name == "lm_head.weight" else "transformer." + name, book, tf_name)
+
+    def hf_name(name: str) -> str | None:
+        if name.startswith("out_head."):
+            return None
+        return name if name == "lm_head.weight" else "transformer." + name
+
+    table = [ParamSpec(name, shape, g, t, decay, True, hf_name(name), book, tf_name)
              for name, shape, g, t, decay, book, tf_name in rows]
     return table + _check_extra(table, extra)
 

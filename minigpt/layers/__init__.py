@@ -25,6 +25,7 @@ from minigpt.layers.gelu import gelu_backward, gelu_forward
 from minigpt.layers.layernorm import layernorm_backward, layernorm_forward
 from minigpt.layers.linear import linear_backward, linear_forward
 from minigpt.layers.loss import cross_entropy
+from minigpt.layers.pooling import pooling_backward, pooling_forward
 
 # The ops the block, the model, generation and the optimizer call through ``backend.ops()``.
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "attention_forward", "attention_backward", "attention_step",
     "cross_entropy",
     "adamw_step",
+    "pooling_forward", "pooling_backward",
 ]

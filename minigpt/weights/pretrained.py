@@ -279,7 +279,8 @@ def mapping(cfg: GPTConfig, fmt: str) -> dict[str, list[Piece]]:
     """minigpt parameter name -> the pieces of the file it is made of (canonical file keys), read
     from the parameter table's ``hf_name`` / ``book`` columns (``minigpt.params``)."""
     if fmt == "hf":
-        return {s.name: [Piece(s.hf_name.removeprefix("transformer."))] for s in param_table(cfg)}
+        return {s.name: [Piece(s.hf_name.removeprefix("transformer."))] for s in param_table(cfg)
+                if s.hf_name is not None}
     return {s.name: list(s.book) for s in param_table(cfg)}
 
 
@@ -568,6 +569,12 @@ def save_pretrained(model: GPTModel, directory: str | os.PathLike, *, dtype=None
     Default: when the vocabulary size is GPT-2's 50257. Every file is written atomically.
     Returns the directory.
     """
+    if model.cfg.num_classes is not None:
+        raise ValueError(f"save_pretrained writes GPT2LMHeadModel's format, and this model has a "
+                         f"classification head (num_classes={model.cfg.num_classes}) instead of "
+                         "the LM head; Hugging Face's GPT2ForSequenceClassification has no bias "
+                         "for it (score.weight only). Save a minigpt checkpoint instead "
+                         "(minigpt.training.checkpoint.save_checkpoint)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(model.dtype)
