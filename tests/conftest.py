@@ -5,6 +5,7 @@ run stops with a collection error instead of skipping tests.
 """
 
 import os
+import signal
 from importlib import resources
 
 import numpy as np
@@ -48,6 +49,8 @@ def global_settings() -> dict:
         "NumPy error state (np.geterr)": np.geterr(),
         "NumPy print options (np.get_printoptions)": np.get_printoptions(),
         "working directory (os.getcwd)": os.getcwd(),
+        "SIGINT handler (signal.getsignal)": signal.getsignal(signal.SIGINT),
+        "SIGTERM handler (signal.getsignal)": signal.getsignal(signal.SIGTERM),
     }
     lib = kernels.blas._openblas()
     if lib is not None:
@@ -59,11 +62,15 @@ def global_settings() -> dict:
 
 
 def changed_settings(before: dict, after: dict) -> list[str]:
-    """One line per setting that differs: 'name: before -> after' (an env var may come or go)."""
+    """One line per setting that differs: 'name: before -> after' (an env var may come or go;
+    of a dict of options only the options that differ)."""
     lines = []
     for key in list(before) + [k for k in after if k not in before]:
         old, new = before.get(key, UNSET), after.get(key, UNSET)
-        if old != new:
+        if old != new and isinstance(old, dict) and isinstance(new, dict):
+            lines.append(f"{key}: " + ", ".join(f"{k}={old.get(k)!r} -> {new.get(k)!r}"
+                                                for k in old | new if old.get(k) != new.get(k)))
+        elif old != new:
             lines.append(f"{key}: {old!r} -> {new!r}")
     return lines
 
@@ -81,6 +88,8 @@ def restore_settings(before: dict) -> None:
     np.seterr(**before["NumPy error state (np.geterr)"])
     np.set_printoptions(**before["NumPy print options (np.get_printoptions)"])
     os.chdir(before["working directory (os.getcwd)"])
+    for sig in ("SIGINT", "SIGTERM"):
+        signal.signal(getattr(signal, sig), before[f"{sig} handler (signal.getsignal)"])
     key = "OpenBLAS threads (openblas_get_num_threads)"
     if key in before:
         kernels.blas._openblas()["set"](before[key])

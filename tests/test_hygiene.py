@@ -3,6 +3,7 @@ fails a test that leaks a setting, hypothesis is derandomized, ``slow`` is out o
 
 import configparser
 import os
+import signal
 from pathlib import Path
 
 import numba
@@ -27,6 +28,8 @@ def test_guard_names_every_setting_it_finds_changed(settings_guard, tmp_path, mo
         np.seterr(all="raise")
         os.environ["MINIGPT_KERNELS"] = other
         os.chdir(tmp_path)
+        np.set_printoptions(precision=3)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         changed = "\n".join(settings_guard.changed(before, settings_guard.snapshot()))
     finally:
         settings_guard.restore(before)
@@ -34,6 +37,8 @@ def test_guard_names_every_setting_it_finds_changed(settings_guard, tmp_path, mo
     assert "NumPy error state" in changed and "'raise'" in changed
     assert "environment variable MINIGPT_KERNELS" in changed and "<unset>" in changed
     assert "working directory" in changed
+    assert "print options (np.get_printoptions): precision=8 -> 3" in changed   # the option only
+    assert "SIGTERM handler" in changed
     if threads != numba.get_num_threads():      # a 1-thread Numba cannot change its count
         assert "Numba threads" in changed
     assert settings_guard.changed(before, settings_guard.snapshot()) == []   # all put back
