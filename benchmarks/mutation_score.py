@@ -434,6 +434,9 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/minigpt-mutation"),
                    help="where the copy of the tree and the Numba caches live")
     p.add_argument("--rerun", action="store_true", help="run mutants already in the results too")
+    p.add_argument("--skip-baseline", action="store_true",
+                   help="reuse the Numba cache of an earlier baseline without running the stages on "
+                        "the unmutated tree (only when that run passed on this same tree)")
     p.add_argument("--list", action="store_true", help="print the selected mutants and stop")
     p.add_argument("--report", action="store_true", help="print the score of --results and stop")
     args = p.parse_args(argv)
@@ -476,7 +479,8 @@ def main(argv=None) -> int:
     copy = args.workdir / "tree"
     baseline_cache = args.workdir / "numba-cache-baseline"
     sync_copy(copy)
-    baseline(args, copy, baseline_cache)
+    if not (args.skip_baseline and baseline_cache.is_dir()):
+        baseline(args, copy, baseline_cache)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     for i, m in enumerate(mutants, 1):
         r = run_mutant(m, args, copy, baseline_cache)
