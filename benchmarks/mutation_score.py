@@ -357,7 +357,7 @@ def run_mutant(m: Mutant, args, copy: Path, baseline_cache: Path) -> dict:
         for f in (path.parent / "__pycache__").glob(f"{path.stem}.*.pyc"):
             f.unlink()
     record.update(status=status, killed_by=by, seconds=round(time.perf_counter() - t0, 1),
-                  reproduce=f"python benchmarks/mutation_score.py --id '{m.id}' --results "
+                  reproduce=f"python benchmarks/mutation_score.py --rerun --id '{m.id}' --results "
                             "/tmp/one.jsonl" + (" --suite" if args.suite else ""),
                   output_tail=tail[-600:] if status != "survived" else "",
                   date=time.strftime("%Y-%m-%d"))
