@@ -23,7 +23,7 @@ Mutants, one small change each (the usual mutation operators):
 Each mutant is written into a COPY of the tree (``--workdir``, the real files are never touched)
 and the kill stages run there, stopping at the first failure:
     1. python -m minigpt gradcheck --kernels both --layers-only --no-negative
-    2. python -m pytest -x -q tests/test_kernels*.py tests/test_gradcheck.py   (``--tests``)
+    2. python -m pytest -x -q tests/test_kernels*.py tests/test_layers*.py tests/test_gradcheck.py
     3. python -m pytest -x -q   (the whole default suite; only with ``--suite``)
 Every run gets its own NUMBA_CACHE_DIR, a copy of the unmutated tree's cache without the mutated
 file's entries, so a mutated kernel is really recompiled. A mutant that runs past ``--timeout``
@@ -64,7 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGET_GLOBS = ("minigpt/layers/*.py", "kernels/*.py")
 RESULTS = ROOT / "benchmarks" / "mutation_results.jsonl"
 EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.json"
-DEFAULT_TESTS = ("tests/test_kernels*.py", "tests/test_gradcheck.py")
+DEFAULT_TESTS = ("tests/test_kernels*.py", "tests/test_layers*.py", "tests/test_gradcheck.py")
 COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", ".peer", "__pycache__", ".pytest_cache",
                                      ".hypothesis", "*.egg-info", "mutation_results*.jsonl")
 
