@@ -13,7 +13,8 @@ from minigpt import cli
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
-def test_bench_tiny_runs_and_prints_header(capsys):
+def test_bench_tiny_runs_and_prints_header(capsys, restore_global_settings):
+    """(--threads 1 sets the process's threads, as a CLI run should; the fixture puts them back.)"""
     rc = cli.main(["bench", "--config", "tiny", "--steps", "1", "--decode-tokens", "4",
                    "--threads", "1", "--only", "train,decode,profile"])
     out = capsys.readouterr().out
@@ -29,7 +30,7 @@ def test_bench_tiny_runs_and_prints_header(capsys):
     assert float(row.split()[2]) > 0
 
 
-def test_bench_same_process_flag_runs_the_old_way(capsys):
+def test_bench_same_process_flag_runs_the_old_way(capsys, restore_global_settings):
     rc = cli.main(["bench", "--config", "tiny", "--steps", "1", "--threads", "1", "--only", "train",
                    "--same-process"])
     out = capsys.readouterr().out

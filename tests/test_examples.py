@@ -12,6 +12,9 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
+# The scripts are programs: ch03 sets NumPy's print options for its output. Put them back after.
+pytestmark = pytest.mark.usefixtures("restore_global_settings")  # tests/conftest.py
+
 
 def load(name: str):
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minigpt import model as model_mod
 from minigpt.inference.generate import (
     generate,
     generate_text_simple,
@@ -145,8 +146,6 @@ def test_generate_rejects_bad_input():
 
 
 # --- the real model: KV cache == no cache ------------------------------------------------------------
-model_mod = pytest.importorskip("minigpt.model")
-pytest.importorskip("minigpt.inference.kv_cache")
 
 
 def tiny_model(context_length=12, dtype=np.float64, seed=0, V=37):

@@ -81,20 +81,21 @@ def test_cli_eval_json(ckpt, capsys):
         np.exp(out["val_loss"]))
 
 
-def test_cli_eval_threads(ckpt, capsys):
-    """--threads 1 sets Numba's pool (and OpenBLAS's); the loss is the same up to summation order."""
-    from minigpt.training.loop import set_num_threads
+def test_cli_eval_threads(ckpt, capsys, restore_global_settings):
+    """--threads 1 sets Numba's pool and the product split; the loss is the same up to summation
+    order. The thread counts are put back afterwards (the restore_global_settings fixture)."""
+    import numba
+
+    import kernels.blas
+    from minigpt import backend
+
     _, d = ckpt
     args = ["eval", "--model", str(d), "--text", "the-verdict", "--num-batches", "1", "--json"]
+    backend.set_threads(2)                 # 2 where Numba can start 2 (then the change shows)
     assert main(args) == 0
     before = json.loads(capsys.readouterr().out)
-    numba = pytest.importorskip("numba")
-    previous = numba.get_num_threads()
-    try:
-        assert main([*args, "--threads", "1"]) == 0
-        assert numba.get_num_threads() == 1
-    finally:
-        set_num_threads(previous)
+    assert main([*args, "--threads", "1"]) == 0
+    assert numba.get_num_threads() == 1 and kernels.blas.get_threads() == 1
     after = json.loads(capsys.readouterr().out)
     assert after["train_loss"] == pytest.approx(before["train_loss"], rel=1e-5)
 
