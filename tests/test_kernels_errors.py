@@ -10,7 +10,8 @@ import re
 import numpy as np
 import pytest
 
-import kernels as K
+from kernels.embedding import embedding_backward
+from kernels.layernorm import layernorm_backward, layernorm_forward
 
 
 def test_layernorm_backward_names_the_shapes():
@@ -18,12 +19,12 @@ def test_layernorm_backward_names_the_shapes():
     wrong_w = np.ones(4)
     msg = re.escape("got x (2, 3), w (4,), b None")
     with pytest.raises(ValueError, match=msg):
-        K.layernorm_backward_numba(dout, xhat, wrong_w, np.ones((2, 1)), np.zeros(4), np.zeros(4))
+        layernorm_backward(dout, (xhat, wrong_w, np.ones((2, 1))), np.zeros(4), np.zeros(4))
 
 
 def test_layernorm_forward_names_the_bias_shape():
     with pytest.raises(ValueError, match=re.escape("got x (2, 3), w (3,), b (4,)")):
-        K.layernorm_forward_numba(np.zeros((2, 3)), np.ones(3), np.zeros(4))
+        layernorm_forward(np.zeros((2, 3)), np.ones(3), np.zeros(4))
 
 
 @pytest.mark.parametrize("dout_shape, idx_shape", [((2, 3, 4), (2, 2)),   # idx one short
@@ -32,5 +33,5 @@ def test_embedding_backward_rejects_dout_and_idx_that_disagree(dout_shape, idx_s
     """Each condition alone must raise: a too-short idx would send the kernel past its end."""
     dwte, dwpe = np.zeros((5, 4)), np.zeros((8, 4))
     with pytest.raises(ValueError, match=re.escape(f"got {dout_shape} and {idx_shape}")):
-        K.embedding_backward_numba(np.zeros(dout_shape), np.zeros(idx_shape, dtype=np.int64),
-                                   dwte, dwpe)
+        embedding_backward(np.zeros(dout_shape), (np.zeros(idx_shape, dtype=np.int64), 0),
+                           dwte, dwpe)

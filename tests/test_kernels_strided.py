@@ -9,8 +9,7 @@ value) both went unnoticed."""
 import numpy as np
 import pytest
 
-import kernels as K
-from kernels.attention import _strided
+from kernels.attention import _strided, heads_backward, heads_forward
 
 pytestmark = pytest.mark.usefixtures("one_numba_thread")  # tests/conftest.py
 
@@ -52,13 +51,13 @@ def test_attention_kernels_give_the_same_result_for_any_layout(layout):
     rng = np.random.default_rng(1)
     q, k, v, dout = (operand_views(rng)[layout] for _ in range(4))
     ref = [np.ascontiguousarray(t) for t in (q, k, v, dout)]
-    out_ref, att_ref = K.attention_forward_numba(*ref[:3])
-    dq_ref, dk_ref, dv_ref = K.attention_backward_numba(ref[3], *ref[:3], att_ref)
+    out_ref, att_ref = heads_forward(*ref[:3])
+    dq_ref, dk_ref, dv_ref = heads_backward(ref[3], *ref[:3], att_ref)
 
-    out, att = K.attention_forward_numba(q, k, v)
+    out, att = heads_forward(q, k, v)
     np.testing.assert_array_equal(out, out_ref)
     np.testing.assert_array_equal(att, att_ref)
     grads = [np.asfortranarray(np.full((B, H, T, hs), np.nan)) for _ in range(3)]   # F-ordered
-    K.attention_backward_numba(dout, q, k, v, att, dq=grads[0], dk=grads[1], dv=grads[2])
+    heads_backward(dout, q, k, v, att, dq=grads[0], dk=grads[1], dv=grads[2])
     for got, want in zip(grads, (dq_ref, dk_ref, dv_ref), strict=True):
         np.testing.assert_array_equal(got, want)
