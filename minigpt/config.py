@@ -28,6 +28,11 @@ class GPTConfig:
     qkv_bias            whether the fused q, k, v projection has a bias (OpenAI's weights do)
     tie_weights         the LM head reuses ``wte`` (GPT-2 as released) instead of its own
                         ``lm_head.weight`` (the book's from-scratch training, chapters 4-5)
+    lora_rank       r   rank of the LoRA adapters (appendix E); 0: the model has none
+    lora_alpha          LoRA's alpha: the adapters are scaled by lora_scale = alpha / r (the book's
+                        corrected convention, PEFT's too). Here, not in the adapter rows, so that a
+                        checkpoint's config remembers them and every forward knows the scale
+                        (``minigpt.lora``)
     """
 
     vocab_size: int = 50257
@@ -38,6 +43,8 @@ class GPTConfig:
     drop_rate: float = 0.1
     qkv_bias: bool = False
     tie_weights: bool = False
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
@@ -55,11 +62,24 @@ class GPTConfig:
         for name in ("qkv_bias", "tie_weights"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        r, alpha = self.lora_rank, self.lora_alpha
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise ValueError(f"GPTConfig.lora_rank must be an integer >= 0 (0: no LoRA), got {r!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha == alpha:
+            raise ValueError(f"GPTConfig.lora_alpha must be a number, got {alpha!r}")
+        if r > 0 and alpha == 0:
+            raise ValueError(f"GPTConfig.lora_rank is {r} but lora_alpha is 0, which would switch the "
+                             "adapters off; the book uses lora_alpha = lora_rank (e.g. 16 and 16)")
 
     @property
     def head_dim(self) -> int:
         """hs = C // H, the width of one attention head."""
         return self.emb_dim // self.n_heads
+
+    @property
+    def lora_scale(self) -> float:
+        """s = alpha / r, the factor of every LoRA update (eq. 11.1); 0.0 without LoRA."""
+        return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
 
     # --- conversion -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
