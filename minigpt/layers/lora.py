@@ -60,7 +60,7 @@ def _pairs(A, B, n_out: int):
         raise ValueError(f"LoRA: {k} A matrices and {len(Bs)} B matrices for {n_out} output columns; "
                          "give one (A, B) pair, or k pairs that split the columns into k equal blocks")
     width = n_out // k
-    for a, b in zip(As, Bs):
+    for a, b in zip(As, Bs, strict=True):
         if a.shape[1] != b.shape[0] or b.shape[1] != width:
             raise ValueError(f"LoRA: A {a.shape} and B {b.shape} do not fit a ({a.shape[0]}, {width}) "
                              "column block: A is (n_in, r), B is (r, n_out / k)")
@@ -78,7 +78,7 @@ def lora_linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, A, B
     out, c_base = linear_forward(x, w, b)                  # (..., n_out), eq. 3.1
     As, Bs, cols = _pairs(A, B, w.shape[1])
     c_lora = []
-    for a, bb, (lo, hi) in zip(As, Bs, cols):
+    for a, bb, (lo, hi) in zip(As, Bs, cols, strict=True):
         delta, c = lora_forward(x, a, bb, scale)           # (..., n_out / k)
         out[..., lo:hi] += delta
         c_lora.append((c, lo, hi))
