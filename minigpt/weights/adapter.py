@@ -142,6 +142,9 @@ def load_adapter(model: GPTModel, directory: str | os.PathLike) -> None:
         if config.get(flag):
             raise ValueError(f"{directory}: {flag} is on; minigpt's LoRA is plain LoRA with scale "
                              "alpha / r")
+    if config.get("lora_bias"):
+        raise ValueError(f"{directory}: lora_bias is on (a bias on lora_B); minigpt's adapters "
+                         "have none")
     if config.get("bias", "none") != "none":
         raise ValueError(f"{directory}: bias is {config['bias']!r}; minigpt's adapters train no biases")
     if getattr(model, "_lora_merged", None) is not None:
