@@ -359,9 +359,9 @@ LAYER_CASES: dict[str, Callable] = {
     f"block (T={T_LONG}, dropout 0.2)": lambda rng: _block_case(rng, 0.2, T=T_LONG, B=1),
     # LoRA (appendix E): B nonzero throughout, scale alpha / r = 5/3
     "LoRA linear (B != 0)": _lora_linear_case,
-    "LoRA linear (q/k/v pairs, B != 0)": lambda rng: _lora_linear_case(rng, pairs=3),
-    "block (LoRA on every linear, q/k/v pairs)": _lora_block_case,
-    "block (LoRA on every linear, fused c_attn)": lambda rng: _lora_block_case(
+    "LoRA linear (q/k/v pairs)": lambda rng: _lora_linear_case(rng, pairs=3),
+    "block (LoRA, q/k/v pairs)": _lora_block_case,          # LoRA on all four linears
+    "block (LoRA, fused c_attn)": lambda rng: _lora_block_case(
         rng, ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")),
     f"block (LoRA, T={T_LONG})": lambda rng: _lora_block_case(rng, T=T_LONG, B=1),
 }

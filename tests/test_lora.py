@@ -111,20 +111,30 @@ def test_bad_pairs_are_refused():
 
 
 # --- gradient checks, both kernel paths -----------------------------------------------------------
-LORA_CASES = [n for n in gc.LAYER_CASES if "LoRA" in n and f"T={gc.T_LONG}" not in n]
+def test_lora_gradient_checks_exist_and_draw_b_nonzero():
+    """The LoRA linear (one pair and q / k / v pairs) and blocks with LoRA on all four linears are
+    cases of gc.LAYER_CASES, so test_gradcheck (default path) and test_kernels_model (numba and
+    numpy paths) check every element of every input against float64 central differences. Each
+    draws B != 0 (with B = 0, dA = 0 and the check of A proves nothing) and a scale != 1."""
+    cases = [n for n in gc.LAYER_CASES if "LoRA" in n]
+    assert {"LoRA linear (B != 0)", "LoRA linear (q/k/v pairs)", "block (LoRA, q/k/v pairs)",
+            "block (LoRA, fused c_attn)", f"block (LoRA, T={gc.T_LONG})"} == set(cases)
+    assert gc.LORA_ALPHA / gc.LORA_R != 1
+    for name in cases:
+        _, _, inputs, _ = gc.LAYER_CASES[name](np.random.default_rng(0))
+        bs = [v for k, v in inputs.items() if k.startswith("B") or k.endswith("lora_B")]
+        assert bs and all(np.abs(b).min() > 0 for b in bs), name
+        n_pairs = sum(k.startswith("A") or k.endswith("lora_A") for k in inputs)
+        assert n_pairs == len(bs) == {"LoRA linear (B != 0)": 1, "LoRA linear (q/k/v pairs)": 3}.get(
+            name, 6 if "fused" not in name else 4), name
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("name", LORA_CASES)
-def test_lora_gradients_every_element(path, name):
-    """Eqs. 11.2-11.6 (and 8.3 in a block) against float64 central differences, every element of
-    every input, B nonzero; on the layers and on the kernel path."""
-    _, _, inputs, _ = gc.LAYER_CASES[name](np.random.default_rng(0))
-    assert any(k.startswith("B") or k.endswith("lora_B") for k in inputs)
+def test_lora_block_gradients_on_both_paths(path):
+    """One of those cases run here too, on each path: the block with the book's adapters."""
     with backend.use(path):
-        results = gc.check_layer(name)
-    assert [r.n_checked for r in results] == [x.size for x in inputs.values()]
-    assert all(r.passed for r in results), [r for r in results if not r.passed]
+        results = gc.check_layer("block (LoRA, q/k/v pairs)")
+    assert len(results) == 1 + 12 + 12 and all(r.passed for r in results)
 
 
 @pytest.mark.parametrize("path", PATHS)
