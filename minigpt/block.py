@@ -6,6 +6,12 @@
 ``p`` and ``g`` are the block's parameters and gradients keyed by their names inside the block
 (``"ln_1.weight"``, ``"attn.c_attn.weight"``, ...); ``"attn.c_attn.bias"`` is absent without qkv bias.
 
+LoRA (appendix E, ``minigpt.lora``): a linear layer whose adapter is in ``p`` (``"<layer>.lora_A"``
+and ``"<layer>.lora_B"``, or the book's three q / k / v pairs ``"attn.c_attn.{q,k,v}.lora_A"``)
+runs as ``ops.lora_linear_forward`` scaled by ``p["lora_scale"]`` (alpha / r, which ``GPTModel``
+puts there from its config); every other linear as ``ops.linear_forward``. ``_linear`` and
+``_linear_backward`` make that choice, so the chain below reads the same either way.
+
 Composition, not math: the layers it chains live in ``minigpt/layers``; it calls them through
 ``ops = backend.ops()`` (the layers, or the kernels under the same names), fetched once per call.
 """
@@ -16,6 +22,39 @@ import numpy as np
 
 from minigpt import backend
 
+QKV = ("q", "k", "v")   # the book's W_query, W_key, W_value: c_attn's three column blocks
+
+
+def _adapter(p: dict, name: str):
+    """The LoRA adapter of linear layer ``name`` in ``p`` (A, B; tuples for the q / k / v pairs), or
+    (None, None)."""
+    if name + ".lora_A" in p:
+        return p[name + ".lora_A"], p[name + ".lora_B"]
+    if name + ".q.lora_A" in p:
+        return (tuple(p[f"{name}.{j}.lora_A"] for j in QKV),
+                tuple(p[f"{name}.{j}.lora_B"] for j in QKV))
+    return None, None
+
+
+def _linear(ops, p: dict, name: str, x: np.ndarray):
+    """Linear layer ``name`` ("attn.c_attn", ...) on x: eq. 3.1, or eq. 12.1 with its adapter."""
+    w, b = p[name + ".weight"], p.get(name + ".bias")
+    A, B = _adapter(p, name)
+    if A is None:
+        return ops.linear_forward(x, w, b)
+    if "lora_scale" not in p:
+        raise ValueError(f"the block has a LoRA adapter on {name} but no 'lora_scale'; build the "
+                         "model with GPTConfig(lora_rank=r, lora_alpha=alpha) (see minigpt.lora)")
+    return ops.lora_linear_forward(x, w, b, A, B, p["lora_scale"])
+
+
+def _linear_backward(ops, g: dict, name: str, dout: np.ndarray, cache) -> np.ndarray:
+    """The backward of ``_linear``: eqs. 3.2-3.4, plus 12.2-12.6 for an adapter."""
+    dA, dB = _adapter(g, name)
+    if dA is None:
+        return ops.linear_backward(dout, cache, g[name + ".weight"], g.get(name + ".bias"))
+    return ops.lora_linear_backward(dout, cache, g[name + ".weight"], g.get(name + ".bias"), dA, dB)
+
 
 def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
                   rng: np.random.Generator | None = None):
@@ -23,16 +62,16 @@ def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
     ops = backend.ops()
     # attention branch (eq. 8.1)
     h, c_ln1 = ops.layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"])                  # (B, T, C)
-    qkv, c_qkv = ops.linear_forward(h, p["attn.c_attn.weight"], p.get("attn.c_attn.bias"))  # (B, T, 3C)
+    qkv, c_qkv = _linear(ops, p, "attn.c_attn", h)                                       # (B, T, 3C)
     a, c_att = ops.attention_forward(qkv, n_heads, drop_rate, rng)                         # (B, T, C)
-    a, c_proj = ops.linear_forward(a, p["attn.c_proj.weight"], p["attn.c_proj.bias"])     # (B, T, C)
+    a, c_proj = _linear(ops, p, "attn.c_proj", a)                                         # (B, T, C)
     a, c_drop1 = ops.dropout_forward(a, drop_rate, rng)                                    # (B, T, C)
     x = x + a                                                                              # residual
     # MLP branch (eq. 8.2)
     h, c_ln2 = ops.layernorm_forward(x, p["ln_2.weight"], p["ln_2.bias"])                  # (B, T, C)
-    h, c_fc = ops.linear_forward(h, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"])             # (B, T, 4C)
+    h, c_fc = _linear(ops, p, "mlp.c_fc", h)                                              # (B, T, 4C)
     h, c_gelu = ops.gelu_forward(h)                                                        # (B, T, 4C)
-    h, c_mproj = ops.linear_forward(h, p["mlp.c_proj.weight"], p["mlp.c_proj.bias"])      # (B, T, C)
+    h, c_mproj = _linear(ops, p, "mlp.c_proj", h)                                         # (B, T, C)
     h, c_drop2 = ops.dropout_forward(h, drop_rate, rng)                                    # (B, T, C)
     x = x + h                                                                              # residual
     return x, (c_ln1, c_qkv, c_att, c_proj, c_drop1, c_ln2, c_fc, c_gelu, c_mproj, c_drop2)
@@ -48,15 +87,15 @@ def block_backward(dx: np.ndarray, cache, g: dict) -> np.ndarray:
     c_ln1, c_qkv, c_att, c_proj, c_drop1, c_ln2, c_fc, c_gelu, c_mproj, c_drop2 = cache
     # MLP branch, last layer first
     dh = ops.dropout_backward(dx, c_drop2)
-    dh = ops.linear_backward(dh, c_mproj, g["mlp.c_proj.weight"], g["mlp.c_proj.bias"])
+    dh = _linear_backward(ops, g, "mlp.c_proj", dh, c_mproj)
     dh = ops.gelu_backward(dh, c_gelu)
-    dh = ops.linear_backward(dh, c_fc, g["mlp.c_fc.weight"], g["mlp.c_fc.bias"])
+    dh = _linear_backward(ops, g, "mlp.c_fc", dh, c_fc)
     dx = dx + ops.layernorm_backward(dh, c_ln2, g["ln_2.weight"], g["ln_2.bias"])   # eq. 8.3
     # attention branch
     da = ops.dropout_backward(dx, c_drop1)
-    da = ops.linear_backward(da, c_proj, g["attn.c_proj.weight"], g["attn.c_proj.bias"])
+    da = _linear_backward(ops, g, "attn.c_proj", da, c_proj)
     dqkv = ops.attention_backward(da, c_att)
-    dh = ops.linear_backward(dqkv, c_qkv, g["attn.c_attn.weight"], g.get("attn.c_attn.bias"))
+    dh = _linear_backward(ops, g, "attn.c_attn", dqkv, c_qkv)
     dx = dx + ops.layernorm_backward(dh, c_ln1, g["ln_1.weight"], g["ln_1.bias"])   # eq. 8.3
     return dx
 
@@ -66,12 +105,12 @@ def block_step(x: np.ndarray, p: dict, n_heads: int, k_cache: np.ndarray, v_cach
     """Inference with a KV cache: x (B, T, C) for new positions t0..t0+T-1 -> (B, T, C). No dropout."""
     ops = backend.ops()
     h, _ = ops.layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"])
-    qkv, _ = ops.linear_forward(h, p["attn.c_attn.weight"], p.get("attn.c_attn.bias"))
+    qkv, _ = _linear(ops, p, "attn.c_attn", h)
     a = ops.attention_step(qkv, n_heads, k_cache, v_cache, t0)
-    a, _ = ops.linear_forward(a, p["attn.c_proj.weight"], p["attn.c_proj.bias"])
+    a, _ = _linear(ops, p, "attn.c_proj", a)
     x = x + a
     h, _ = ops.layernorm_forward(x, p["ln_2.weight"], p["ln_2.bias"])
-    h, _ = ops.linear_forward(h, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"])
+    h, _ = _linear(ops, p, "mlp.c_fc", h)
     h, _ = ops.gelu_forward(h)
-    h, _ = ops.linear_forward(h, p["mlp.c_proj.weight"], p["mlp.c_proj.bias"])
+    h, _ = _linear(ops, p, "mlp.c_proj", h)
     return x + h

@@ -44,6 +44,11 @@ class GPTConfig:
                         readers' issue #566, #990; the book's ablation row 16, last non-padding
                         position, scores 98.33% against 95.00% for the last). "last" reproduces
                         the book's numbers. Not used by the LM head.
+    lora_rank       r   rank of the LoRA adapters (appendix E); 0: the model has none
+    lora_alpha          LoRA's alpha: the adapters are scaled by lora_scale = alpha / r (the book's
+                        corrected convention, PEFT's too). Here, not in the adapter rows, so that a
+                        checkpoint's config remembers them and every forward knows the scale
+                        (``minigpt.lora``)
     """
 
     vocab_size: int = 50257
@@ -56,6 +61,8 @@ class GPTConfig:
     tie_weights: bool = False
     num_classes: int | None = None
     pooling: str = DEFAULT_POOLING
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
@@ -79,19 +86,35 @@ class GPTConfig:
                              f"(a classification head), got {n!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"GPTConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        r, alpha = self.lora_rank, self.lora_alpha
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise ValueError(f"GPTConfig.lora_rank must be an integer >= 0 (0: no LoRA), got {r!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha == alpha:
+            raise ValueError(f"GPTConfig.lora_alpha must be a number, got {alpha!r}")
+        if r > 0 and alpha == 0:
+            raise ValueError(f"GPTConfig.lora_rank is {r} but lora_alpha is 0, which would switch the "
+                             "adapters off; the book uses lora_alpha = lora_rank (e.g. 16 and 16)")
 
     @property
     def head_dim(self) -> int:
         """hs = C // H, the width of one attention head."""
         return self.emb_dim // self.n_heads
 
+    @property
+    def lora_scale(self) -> float:
+        """s = alpha / r, the factor of every LoRA update (eq. 12.1); 0.0 without LoRA."""
+        return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
+
     # --- conversion -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a dict. An LM config leaves out the classifier's two fields (at their
-        defaults), so its dict, and the checkpoints that store it, are as before they existed."""
+        """The fields as a dict. A plain LM config leaves out the classifier's two fields and LoRA's
+        two (at their defaults), so its dict, and the checkpoints that store it, are as before
+        they existed."""
         d = asdict(self)
         if self.num_classes is None and self.pooling == DEFAULT_POOLING:
             del d["num_classes"], d["pooling"]
+        if self.lora_rank == 0 and self.lora_alpha == 0:
+            del d["lora_rank"], d["lora_alpha"]
         return d
 
     @classmethod

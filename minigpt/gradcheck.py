@@ -284,6 +284,63 @@ def _block_case(rng, drop_rate=0.0, n_heads=2, C=8, T=5, B=2):
     return fwd, bwd, inputs, "8.1-8.3"
 
 
+LORA_R, LORA_ALPHA = 3, 5.0     # scale 5/3: not 1, so a backward that forgets it is caught
+
+
+def _lora_linear_case(rng, pairs=1, backward=None):
+    """The LoRA linear (eqs. 12.1-12.6) with B drawn nonzero: with B = 0, dA = 0 exactly (eq. 12.4)
+    and the check on A would compare zeros. ``pairs`` = 3: c_attn's q / k / v adapters."""
+    n_in, n_out, r, scale = 5, 6, LORA_R, LORA_ALPHA / LORA_R
+    inputs = {"x": rng.standard_normal((2, 3, n_in)), "w": rng.standard_normal((n_in, n_out)),
+              "b": rng.standard_normal(n_out)}
+    for j in range(pairs):
+        inputs[f"A{j}"] = rng.standard_normal((n_in, r)) / np.sqrt(n_in)
+        inputs[f"B{j}"] = rng.standard_normal((r, n_out // pairs)) / np.sqrt(r)
+
+    def split(kw):
+        A = tuple(kw[f"A{j}"] for j in range(pairs))
+        B = tuple(kw[f"B{j}"] for j in range(pairs))
+        return (A[0], B[0]) if pairs == 1 else (A, B)
+
+    def fwd(x, w, b, **kw):
+        return ops.lora_linear_forward(x, w, b, *split(kw), scale)[0]
+
+    def bwd(g, x, w, b, **kw):
+        _, cache = ops.lora_linear_forward(x, w, b, *split(kw), scale)
+        grads = {k: np.zeros_like(v) for k, v in kw.items()}
+        dw, db = np.zeros_like(w), np.zeros_like(b)
+        if backward is not None:                       # a wrong adapter backward (negative control)
+            c_base, c_lora = cache
+            dx = ops.linear_backward(g, c_base, dw, db)
+            for j, (c, lo, hi) in enumerate(c_lora):
+                dx += backward(g[..., lo:hi], c, grads[f"A{j}"], grads[f"B{j}"])
+        else:
+            dx = ops.lora_linear_backward(g, cache, dw, db, *split(grads))
+        return {"x": dx, "w": dw, "b": db} | grads
+    return fwd, bwd, inputs, "3.2-3.4, 12.2-12.6"
+
+
+def _lora_block_case(rng, targets=None, T=5, B=2, n_heads=2, C=8):
+    """A block with LoRA on all four linears (default: the book's q / k / v pairs on c_attn)."""
+    from minigpt.lora import BOOK_TARGETS, lora_specs
+
+    cfg = GPTConfig(vocab_size=1, context_length=1, emb_dim=C, n_heads=1, n_layers=1,
+                    qkv_bias=True, lora_rank=LORA_R, lora_alpha=LORA_ALPHA)
+    lora = {s.name.removeprefix("h.0."): _check_values(s, rng)
+            for s in lora_specs(cfg, targets or BOOK_TARGETS)}
+    inputs = {"x": rng.standard_normal((B, T, C))} | _block_params(rng, C) | lora
+
+    def fwd(x, **p):
+        return block_forward(x, p | {"lora_scale": cfg.lora_scale}, n_heads)[0]
+
+    def bwd(g, x, **p):
+        _, cache = block_forward(x, p | {"lora_scale": cfg.lora_scale}, n_heads)
+        grads = {k: np.zeros_like(v) for k, v in p.items()}
+        dx = block_backward(g, cache, grads)
+        return {"x": dx} | grads
+    return fwd, bwd, inputs, "8.1-8.3, 12.2-12.6"
+
+
 LAYER_CASES: dict[str, Callable] = {
     "embedding (repeated ids)": _embedding_case,
     "layernorm": _layernorm_case,
@@ -302,6 +359,13 @@ LAYER_CASES: dict[str, Callable] = {
     f"attention (T={T_LONG}, dropout 0.3)": lambda rng: _attention_case(rng, 0.3, T=T_LONG),
     f"block (T={T_LONG})": lambda rng: _block_case(rng, T=T_LONG, B=1),
     f"block (T={T_LONG}, dropout 0.2)": lambda rng: _block_case(rng, 0.2, T=T_LONG, B=1),
+    # LoRA (appendix E): B nonzero throughout, scale alpha / r = 5/3
+    "LoRA linear (B != 0)": _lora_linear_case,
+    "LoRA linear (q/k/v pairs)": lambda rng: _lora_linear_case(rng, pairs=3),
+    "block (LoRA, q/k/v pairs)": _lora_block_case,          # LoRA on all four linears
+    "block (LoRA, fused c_attn)": lambda rng: _lora_block_case(
+        rng, ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")),
+    f"block (LoRA, T={T_LONG})": lambda rng: _lora_block_case(rng, T=T_LONG, B=1),
 }
 
 
@@ -335,6 +399,8 @@ def _randomise(model: GPTModel, rng: np.random.Generator) -> None:
 
 def _equation(name: str, cfg: GPTConfig) -> str:
     """Where docs/derivations.md derives the gradient of a model parameter."""
+    if ".lora_" in name:
+        return "8.3, 12.2-12.6"
     if name == "wte.weight":
         return "1.2, 9.2" if cfg.tie_weights else "1.2"
     if name == "lm_head.weight":
@@ -404,6 +470,26 @@ MODEL_VARIANTS: dict[str, GPTConfig] = {
 }
 
 
+def lora_model(targets=None):
+    """A ``model_cls`` for ``check_model``: GPTModel with LoRA rows on every block (``cfg`` must
+    carry lora_rank and lora_alpha)."""
+    from minigpt.lora import BOOK_TARGETS, lora_specs
+
+    def build(cfg, seed=0, dtype=np.float64):
+        return GPTModel(cfg, seed=seed, dtype=dtype, extra=lora_specs(cfg, targets or BOOK_TARGETS))
+    return build
+
+
+# the whole model with LoRA (every parameter, adapters included, checked; B nonzero by
+# _check_values): name -> (cfg, targets)
+LORA_MODEL_VARIANTS: dict[str, tuple[GPTConfig, tuple[str, ...] | None]] = {
+    "LoRA, q/k/v pairs": (TINY.replace(lora_rank=LORA_R, lora_alpha=LORA_ALPHA), None),
+    "LoRA, fused c_attn, tied, dropout 0.2": (
+        TINY.replace(lora_rank=LORA_R, lora_alpha=LORA_ALPHA, tie_weights=True, drop_rate=0.2),
+        ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")),
+}
+
+
 # --- negative controls: deliberately wrong backwards that the checker must catch --------------------
 
 def _layernorm_backward_no_mean(dout, cache, dw, db):
@@ -442,6 +528,17 @@ def _cross_entropy_counts_ignored(logits, targets):
     return loss, dlogits * n_counted / n_all
 
 
+def _lora_backward_unscaled(dout, cache, dA, dB):
+    """BUG: eqs. 12.2-12.3 without the scale s = alpha / r (the book's printed alpha-only
+    convention would be a different s; forgetting s altogether is this)."""
+    x, A, B, u, scale = cache
+    x2, d2 = x.reshape(-1, A.shape[0]), dout.reshape(-1, B.shape[1])
+    du = d2 @ B.T
+    dB += u.T @ d2
+    dA += x2.T @ du
+    return (du @ A.T).reshape(*dout.shape[:-1], A.shape[0]) * scale   # dx still right
+
+
 class _HeadGradientLost(GPTModel):
     """BUG: a tied head that keeps only the embedding's gradient, dropping the head's use."""
 
@@ -460,6 +557,8 @@ NEGATIVE_CONTROLS: dict[str, Callable[[], list[CheckResult]]] = {
         "NEG gelu", *_gelu_case(np.random.default_rng(0), _gelu_backward_no_tanh_derivative)),
     "cross-entropy that counts ignored targets": lambda: check_op(
         "NEG cross-entropy", *_cross_entropy_case(np.random.default_rng(0), _cross_entropy_counts_ignored)),
+    "LoRA backward without its scale alpha / r": lambda: check_op(
+        "NEG LoRA", *_lora_linear_case(np.random.default_rng(0), backward=_lora_backward_unscaled)),
     "tied head that takes only one of its two gradients": lambda: check_model(
         TINY.replace(tie_weights=True), model_cls=_HeadGradientLost, label="NEG tied head"),
 }
@@ -567,6 +666,8 @@ def run_all(include_model: bool = True, include_negative: bool = True):
             results += check_model(cfg, label=f"model ({key})")
         for pooling in POOLINGS:
             results += check_classifier_model(pooling)
+        for key, (cfg, targets) in LORA_MODEL_VARIANTS.items():
+            results += check_model(cfg, model_cls=lora_model(targets), label=f"model ({key})")
     negatives = {}
     if include_negative:
         for name, run in NEGATIVE_CONTROLS.items():

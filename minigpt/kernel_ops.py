@@ -40,6 +40,10 @@ from minigpt.layers import (  # no kernel: the layer function is used as it is
     embedding_forward,
     pooling_backward,
     pooling_forward,
+    lora_backward,
+    lora_forward,
+    lora_linear_backward,  # the adapter's products are r wide; the base product is NumPy's BLAS
+    lora_linear_forward,
     softmax,
     softmax_backward,
 )
@@ -50,6 +54,7 @@ __all__ = [
     "dropout_forward", "dropout_backward",
     "layernorm_forward", "layernorm_backward",
     "linear_forward", "linear_backward",
+    "lora_forward", "lora_backward", "lora_linear_forward", "lora_linear_backward",
     "gelu_forward", "gelu_backward",
     "softmax", "softmax_backward", "causal_softmax",
     "attention_forward", "attention_backward", "attention_step",

@@ -115,6 +115,9 @@ class GPTModel:
         self.grads = named_views(self.flat_grads, self.table)
         self._block_params = _block_dicts(self.params, cfg.n_layers)
         self._block_grads = _block_dicts(self.grads, cfg.n_layers)
+        if cfg.lora_rank:   # LoRA adapters (minigpt.lora) are scaled by alpha / r; the blocks read it
+            for bp in self._block_params:
+                bp["lora_scale"] = cfg.lora_scale
         self._trainable_changed()
         self.init = init
         self._init_weights(np.random.default_rng(seed))

@@ -24,6 +24,12 @@ from minigpt.layers.embedding import embedding_backward, embedding_forward
 from minigpt.layers.gelu import gelu_backward, gelu_forward
 from minigpt.layers.layernorm import layernorm_backward, layernorm_forward
 from minigpt.layers.linear import linear_backward, linear_forward
+from minigpt.layers.lora import (
+    lora_backward,
+    lora_forward,
+    lora_linear_backward,
+    lora_linear_forward,
+)
 from minigpt.layers.loss import cross_entropy
 from minigpt.layers.pooling import pooling_backward, pooling_forward
 
@@ -33,6 +39,7 @@ __all__ = [
     "dropout_forward", "dropout_backward",
     "layernorm_forward", "layernorm_backward",
     "linear_forward", "linear_backward",
+    "lora_forward", "lora_backward", "lora_linear_forward", "lora_linear_backward",
     "gelu_forward", "gelu_backward",
     "softmax", "softmax_backward", "causal_softmax",
     "attention_forward", "attention_backward", "attention_step",
