@@ -26,7 +26,8 @@ from minigpt import backend  # noqa: E402
 # "dev": random examples and the local database, to hunt for new failures:
 #     HYPOTHESIS_PROFILE=dev python -m pytest    (or: python -m pytest --hypothesis-profile dev)
 settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
-settings.register_profile("dev", deadline=None)
+# explicit: with CI=true in the environment, hypothesis's own defaults are derandomized too
+settings.register_profile("dev", deadline=None, derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
