@@ -341,3 +341,13 @@ def test_save_pretrained_refuses_a_classifier(tmp_path):
     with pytest.raises(ValueError, match="GPT2ForSequenceClassification"):
         save_pretrained(classifier("last"), tmp_path)
     assert not any(tmp_path.iterdir())                                    # nothing half-written
+
+
+def test_generate_refuses_a_classifier_clearly():
+    """Generation needs next-token logits: a classifier says so instead of an IndexError."""
+    from minigpt import GPTConfig, GPTModel, generate
+
+    cfg = GPTConfig(vocab_size=50, context_length=8, emb_dim=8, n_heads=2, n_layers=1,
+                    drop_rate=0.0, num_classes=2)
+    with pytest.raises(ValueError, match="classification head"):
+        generate(GPTModel(cfg, seed=0), np.zeros((1, 3), dtype=np.int64), max_new_tokens=2)

@@ -85,6 +85,10 @@ def sample_next(
 
 # --- the generation loops --------------------------------------------------------------------------
 def _check_idx(model: Any, idx: Any) -> np.ndarray:
+    if getattr(model.cfg, "num_classes", None) is not None:
+        raise ValueError(f"this model has a classification head ({model.cfg.num_classes} classes), "
+                         "not an LM head: it classifies texts and cannot generate tokens; "
+                         "generate with a language model (num_classes=None)")
     idx = np.asarray(idx)
     if idx.ndim == 1:
         raise ValueError(f"idx must have shape (B, T); got a 1-D array of {idx.shape[0]} ids - "
