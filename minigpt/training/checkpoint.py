@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from minigpt.atomic import atomic_path, fsync_path, write_text_atomic  # noqa: F401 (re-exported)
+from minigpt.atomic import atomic_path, fsync_path, write_text_atomic
 
 FORMAT = "minigpt-checkpoint"
 VERSION = 1
