@@ -15,7 +15,7 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 def test_bench_tiny_runs_and_prints_header(capsys, restore_global_settings):
     """(--threads 1 sets the process's threads, as a CLI run should; the fixture puts them back.)"""
-    rc = cli.main(["bench", "--config", "tiny", "--steps", "1", "--decode-tokens", "4",
+    rc = cli.main(["bench", "--config", "tiny", "--steps", "1", "--rounds", "2", "--decode-tokens", "4",
                    "--threads", "1", "--only", "train,decode,profile"])
     out = capsys.readouterr().out
     assert rc == 0
@@ -38,21 +38,12 @@ def test_bench_same_process_flag_runs_the_old_way(capsys, restore_global_setting
     assert "interleaved in THIS process" in out and "each in its own process" not in out
 
 
-def test_rounds_split_the_timed_steps():
-    from minigpt.cli.bench.isolated import _split
-
-    assert _split(6, 2) == [3, 3]
-    assert _split(5, 2) == [3, 2]
-    assert _split(1, 2) == [1]                 # never an empty round
-    assert sum(_split(7, 3)) == 7
-
-
 def test_isolated_child_matches_in_process_loss(tmp_path):
     """The child loads the parent's weights and inputs: its first loss is the in-process one."""
     from safetensors.numpy import save_file
 
     from minigpt.cli.bench.configs import CONFIGS
-    from minigpt.cli.bench.isolated import _run_child
+    from minigpt.cli.bench.isolated import run_minigpt_child
     from minigpt.cli.bench.model_bench import batch
     from minigpt.model import GPTModel
 
@@ -64,7 +55,7 @@ def test_isolated_child_matches_in_process_loss(tmp_path):
     spec = {"impl": "minigpt", "task": "train", "config": "tiny", "threads": 1, "steps": 2,
             "weights": str(tmp_path / "w.st"), "inputs": str(tmp_path / "i.st"), "warmup": 1,
             "lr": 4e-4, "wd": 0.1}
-    res = _run_child(spec)
+    res = run_minigpt_child(spec, str(tmp_path))
     assert len(res["times"]) == 2 and all(t > 0 for t in res["times"])
     assert res["first"] == pytest.approx(model.loss(idx, targets), rel=1e-6)
 

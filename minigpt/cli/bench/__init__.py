@@ -5,9 +5,12 @@
 
     system.py        the header: CPU, threads actually used, NumPy's BLAS, Numba and its threading layer
     kernel_times.py  every Numba kernel, cold (compile; cache load) and warm, against its NumPy twin
-    torch_peer.py    the same GPT-2 in PyTorch eager (optional: "PyTorch not installed" without it)
+    torch_child.py   the same GPT-2 in PyTorch eager, a standalone script run by path: a plain
+                     PyTorch process that never imports minigpt, kernels or Numba
+    torch_peer.py    torch_child's model inside this process (``--same-process`` only)
     isolated.py      a whole training step and KV-cached greedy decode, minigpt vs PyTorch, each in
                      its own fresh process, alternating (the default of ``minigpt bench``)
+    spread.py        each side's median and spread over its processes; the flag on a ratio
     model_bench.py   the same interleaved in one process (``--same-process``: misleading, the thread
                      pools interfere); per-phase profile; GEMM rate and MFU
     memory.py        peak resident memory (VmHWM) of each, one fresh subprocess per measurement
@@ -31,8 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model/batch: small (V 4096, ctx 256, C 256, 8 heads, 4 layers, "
                         "batch 16x128), gpt2 (124M, batch 4x128), all = small and gpt2, tiny = "
                         "a smoke test")
-    parser.add_argument("--steps", type=int, default=10,
-                        help="timed training steps per implementation (decode runs steps/2, >= 3)")
+    parser.add_argument("--steps", type=int, default=3,
+                        help="timed training steps per process (each process times its own after "
+                        "2 warm-up; decode times (steps+1)//2 runs per process)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds of one minigpt process then one PyTorch process per row; each "
+                        "side's figure is the median over its processes, with the slowest and "
+                        "fastest, and a ratio whose spread is wider than its distance from 1 is "
+                        "flagged with '!'")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for minigpt and PyTorch (default: OMP_NUM_THREADS, else "
                         "Numba's count)")
@@ -56,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
     if args.decode_tokens < 1:
         raise ValueError(f"--decode-tokens must be >= 1, got {args.decode_tokens}")
     threads = default_threads() if args.threads is None else args.threads
@@ -67,5 +78,5 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--only: unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
     configs = ["small", "gpt2"] if args.config == "all" else [args.config]
     run_report(configs, args.steps, threads, args.decode_tokens, sections,
-               same_process=args.same_process)
+               same_process=args.same_process, rounds=args.rounds)
     return 0

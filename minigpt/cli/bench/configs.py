@@ -15,3 +15,9 @@ CONFIGS: dict[str, tuple[GPTConfig, int, int]] = {
     "gpt2": (GPTConfig(vocab_size=50257, context_length=1024, emb_dim=768, n_heads=12, n_layers=12,
                        drop_rate=0.0, qkv_bias=True, tie_weights=True), 4, 128),
 }
+
+
+def config_dict(cfg: GPTConfig) -> dict:
+    """The model shape the PyTorch child (``torch_child.py``) needs, as plain JSON."""
+    return {k: int(getattr(cfg, k)) for k in ("vocab_size", "context_length", "emb_dim", "n_heads",
+                                              "n_layers")}

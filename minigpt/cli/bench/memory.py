@@ -1,9 +1,12 @@
 """Peak resident memory of a training step and of decoding, each in its own fresh process.
 
-A peak is a high-water mark, so every measurement runs in a new ``python -m minigpt.cli.bench.memory``
-child: one for minigpt, one for PyTorch, never mixed. The child imports what it needs, reads
-``VmRSS`` (the "after imports" baseline: NumPy+Numba vs torch), then runs two training steps (or
-one decode) and reads ``VmHWM`` (the process's peak RSS) from /proc/self/status.
+A peak is a high-water mark, so every measurement runs in a new child: minigpt's is
+``python -m minigpt.cli.bench.memory``, PyTorch's is the plain ``torch_child.py`` run by path (it
+never imports minigpt, kernels or Numba; see ``isolated.py``), never mixed. The child imports what it
+needs, reads ``VmRSS`` (the "after imports" baseline: NumPy+Numba vs torch), then runs two training
+steps (or one decode) and reads ``VmHWM`` (the process's peak RSS) from /proc/self/status. Both
+build the model with their own initialisation (no copy of the other's weights in memory) and take
+the same token ids.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -28,47 +32,64 @@ def status_mb(field: str) -> float:
     return float("nan")
 
 
-def _child(impl: str, task: str, name: str, threads: int, n_new: int) -> dict:
+def _child(task: str, name: str, threads: int, n_new: int) -> dict:
+    """minigpt's side (PyTorch's is ``torch_child.py``, tasks memory-train and memory-decode)."""
     from minigpt import backend
     from minigpt.cli.bench.configs import CONFIGS
     from minigpt.cli.bench.model_bench import LR, WD, batch
     from minigpt.model import GPTModel
 
-    if impl != "torch":
-        backend.set_threads(threads)      # minigpt's thread and malloc settings stay out of torch's row
+    backend.set_threads(threads)
     cfg, B, T = CONFIGS[name]
-    if impl == "torch":
-        import torch  # noqa: F401  (imported before the baseline, like numba for minigpt)
-    import kernels  # noqa: F401
+    import kernels  # noqa: F401  (imported before the baseline, as torch is in the PyTorch child)
     base = status_mb("VmRSS")
     idx, targets = batch(cfg, B, T)
-    prompt = idx[:1, :16]
-    if impl == "torch":
-        from minigpt.cli.bench import torch_peer
-        net, torch = torch_peer.build(cfg, threads)      # its own init: no minigpt copy in memory
-        if task == "train":
-            step = torch_peer.train_step_fn(net, torch, idx, targets, LR, WD)
-            step()
-            step()
-        else:
-            torch_peer.greedy_decode(net, torch, prompt, n_new)
+    model = GPTModel(cfg, seed=0, dtype=np.float32)
+    if task == "train":
+        from minigpt.training.optim import AdamW
+        opt = AdamW(model, lr=LR, weight_decay=WD)
+        for _ in range(2):
+            model.loss_and_grads(idx, targets)
+            opt.step()
     else:
-        model = GPTModel(cfg, seed=0, dtype=np.float32)
-        if task == "train":
-            from minigpt.training.optim import AdamW
-            opt = AdamW(model, lr=LR, weight_decay=WD)
-            for _ in range(2):
-                model.loss_and_grads(idx, targets)
-                opt.step()
-        else:
-            from minigpt.inference.generate import generate
-            generate(model, prompt, n_new, temperature=0.0, use_cache=True)
-    return {"impl": impl, "task": task, "config": name, "base_mb": base, "peak_mb": status_mb("VmHWM")}
+        from minigpt.inference.generate import generate
+        generate(model, idx[:1, :16], n_new, temperature=0.0, use_cache=True)
+    return {"impl": "minigpt", "task": task, "config": name, "base_mb": base,
+            "peak_mb": status_mb("VmHWM")}
+
+
+def _torch(task: str, name: str, threads: int, n_new: int) -> dict:
+    from safetensors.numpy import save_file
+
+    from minigpt.cli.bench import isolated
+    from minigpt.cli.bench.configs import CONFIGS, config_dict
+    from minigpt.cli.bench.model_bench import LR, WD, batch
+
+    cfg, B, T = CONFIGS[name]
+    idx, targets = batch(cfg, B, T)
+    with tempfile.TemporaryDirectory(prefix="minigpt-bench-") as tmp:
+        inputs = os.path.join(tmp, "inputs.safetensors")
+        save_file({"idx": idx, "targets": targets, "prompt": np.ascontiguousarray(idx[:1, :16])},
+                  inputs)
+        spec = {"task": "memory-" + task, "config": config_dict(cfg), "threads": threads,
+                "inputs": inputs, "warmup": 2 if task == "train" else 1, "steps": 0,
+                "lr": LR, "wd": WD, "n_new": n_new}
+        res = isolated.run_torch_child(spec, tmp)
+    return {"impl": "torch", "task": task, "config": name, "base_mb": res["base_mb"],
+            "peak_mb": res["peak_mb"]}
 
 
 def measure(impl: str, task: str, name: str, threads: int, n_new: int = 32) -> dict:
     """Run one measurement in a fresh child process; returns its dict (or {"error": ...})."""
-    cmd = [sys.executable, "-m", "minigpt.cli.bench.memory", impl, task, name, str(threads), str(n_new)]
+    from minigpt.cli.bench.configs import CONFIGS
+
+    n_new = min(n_new, CONFIGS[name][0].context_length - 16)     # the 16-token prompt + n_new fit
+    if impl == "torch":
+        try:
+            return _torch(task, name, threads, n_new)
+        except RuntimeError as e:
+            return {"impl": impl, "task": task, "config": name, "error": str(e)}
+    cmd = [sys.executable, "-m", "minigpt.cli.bench.memory", task, name, str(threads), str(n_new)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
@@ -77,5 +98,5 @@ def measure(impl: str, task: str, name: str, threads: int, n_new: int = 32) -> d
 
 
 if __name__ == "__main__":
-    impl, task, name, threads, n_new = sys.argv[1:6]
-    print(json.dumps(_child(impl, task, name, int(threads), int(n_new))))
+    task, name, threads, n_new = sys.argv[1:5]
+    print(json.dumps(_child(task, name, int(threads), int(n_new))))

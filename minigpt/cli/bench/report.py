@@ -13,20 +13,40 @@ def _rng(d: dict) -> str:
     return f"{d['tok_s']:9.0f} [{lo:.0f}..{hi:.0f}]"
 
 
+def _ratio(r: dict) -> str:
+    """'  1.20 [0.95..1.40] !' (the ratio of medians, its spread, ! when flagged) or '-'."""
+    if "ratio" not in r:
+        return f"{'-':>6s} {'':13s}  "
+    lo, hi = r.get("ratio_range", (r["ratio"], r["ratio"]))
+    return f"{r['ratio']:6.2f} [{lo:.2f}..{hi:.2f}] {'!' if r.get('flagged') else ' '}"
+
+
+def _memory_note(r: dict) -> str | None:
+    """'peak memory ... minigpt 450 MiB, PyTorch 680 MiB (0.66)' from the children's ru_maxrss."""
+    mg, pt = r.get("minigpt"), r.get("torch")
+    if not isinstance(mg, dict) or "peak_mb" not in mg:
+        return None
+    text = f"peak memory of a child (ru_maxrss, largest): minigpt {mg['peak_mb']:.0f} MiB"
+    if isinstance(pt, dict) and "peak_mb" in pt:
+        text += f", PyTorch {pt['peak_mb']:.0f} MiB ({mg['peak_mb'] / pt['peak_mb']:.2f})"
+    return text
+
+
 def _rounds_note(results: dict, n: int, what: str, warmup: int) -> str:
-    """'2 rounds of 3 timed steps after 2 warm-up, per implementation' (or the in-process note)."""
+    """'5 rounds: per round a minigpt process then a PyTorch process, each timing 3 steps after 2
+    warm-up' (or the in-process note)."""
     r = next(iter(results.values()), {})
     if not r.get("isolated"):
         return f"{n} timed {what} each, after 1 warm-up, orders alternating"
-    from minigpt.cli.bench.isolated import _split
-    sizes = "+".join(str(k) for k in _split(n, r["rounds"]))
-    return (f"{r['rounds']} round(s) of {sizes} timed {what} per implementation, each child "
-            f"after {warmup} warm-up")
+    return (f"{r['rounds']} round(s): per round a minigpt process then a PyTorch process, each "
+            f"timing {n} {what} after {warmup} warm-up; figure = median over the processes of each "
+            f"process's median, [slowest..fastest process]; ratio [spread], ! = the spread is "
+            f"wider than the ratio's distance from 1 (not established)")
 
 
 def run(configs: list[str], steps: int, threads: int, decode_tokens: int, sections: set[str],
         kernel_config: str = "small", print_fn: Callable[[str], None] = print,
-        same_process: bool = False) -> dict:
+        same_process: bool = False, rounds: int = 5) -> dict:
     """Print the header and every requested section; return the raw results.
 
     The train and decode sections run minigpt and PyTorch each in its own fresh process,
@@ -36,16 +56,24 @@ def run(configs: list[str], steps: int, threads: int, decode_tokens: int, sectio
     from minigpt.cli.bench import isolated, kernel_times, memory, model_bench, startup, system
 
     threads = backend.set_threads(threads)
-    torch = system.torch_or_none()
-    if torch is not None:
-        torch.set_num_threads(threads)                   # the peer runs with the same count
+    if same_process:
+        torch = system.torch_or_none()
+        if torch is not None:
+            torch.set_num_threads(threads)               # the peer runs with the same count
+        torch_info = {"torch": torch.__version__, "where": "this process"} if torch else None
+    else:                                                # the plain PyTorch child's interpreter
+        torch_info = isolated.torch_info()
+        if torch_info is not None:
+            torch_info["where"] = f"own process ({isolated.torch_python()}, torch_child.py)"
     out: dict = {}
     p = print_fn
     p(f"minigpt bench: configs {', '.join(configs)}; {steps} timed steps; {threads} thread(s); "
       f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    for line in system.header_lines():
+    for line in system.header_lines(torch_info):
         p("  " + line)
-    has_torch = torch is not None
+    has_torch = torch_info is not None
+    n_dec = max(1, (steps + 1) // 2)                     # timed decodes per process
+    kw = {} if same_process else {"rounds": rounds}
     timer = model_bench if same_process else isolated
     how = ("interleaved in THIS process (--same-process: thread pools interfere, misleading)"
            if same_process else "each in its own process, alternating")
@@ -82,23 +110,24 @@ def run(configs: list[str], steps: int, threads: int, decode_tokens: int, sectio
 
     if "train" in sections:
         p("")
-        p("Training step (forward, loss, backward, AdamW), float32; median of the timed steps "
+        p("Training step (forward, loss, backward, AdamW), float32; tokens/s, median "
           "[slowest..fastest]")
-        p(f"  {'config':7s} {'tokens':>6s} {'minigpt tok/s':>28s} {'PyTorch tok/s':>28s} "
-          f"{'ratio':>6s} {'MFU mg/pt':>10s} {'GEMM GF/s':>9s}")
+        p(f"  {'config':7s} {'tokens':>6s} {'minigpt tok/s':>24s} {'PyTorch tok/s':>24s} "
+          f"{'ratio [spread]':>22s} {'MFU mg/pt':>10s} {'GEMM GF/s':>9s}")
         out["train"] = {}
         for name in configs:
-            r = timer.train_step(name, steps, threads, with_torch=has_torch)
+            r = timer.train_step(name, steps, threads, with_torch=has_torch, **kw)
             out["train"][name] = r
             pt = r.get("torch", "PyTorch not installed")
             pts = _rng(pt) if isinstance(pt, dict) else "PyTorch not installed"
-            ratio = f"{r['ratio']:6.2f}" if "ratio" in r else "     -"
             mfu = (f"{r['minigpt']['mfu']:.2f}/" + (f"{pt['mfu']:.2f}" if isinstance(pt, dict) else "-"))
-            p(f"  {name:7s} {r['tokens']:6d} {_rng(r['minigpt']):>28s} {pts:>28s} {ratio} "
+            p(f"  {name:7s} {r['tokens']:6d} {_rng(r['minigpt']):>24s} {pts:>24s} {_ratio(r)} "
               f"{mfu:>10s} {r['gemm_gflops']:9.1f}")
             if "first_loss" in r:
                 a, b = r["first_loss"]
                 p(f"          first loss: minigpt {a:.6f}, PyTorch {b:.6f} (same weights)")
+            if _memory_note(r):
+                p("          " + _memory_note(r))
         p(f"  minigpt and PyTorch ran {how}: " + _rounds_note(out["train"], steps, "steps",
                                                                     isolated.TRAIN_WARMUP))
         p("  MFU = model FLOP/s / GEMM GF/s; the GEMM rate is measured in the bench's main process "
@@ -107,21 +136,23 @@ def run(configs: list[str], steps: int, threads: int, decode_tokens: int, sectio
     if "decode" in sections:
         p("")
         p(f"KV-cached greedy decode, batch 1, 16-token prompt, up to {decode_tokens} new tokens; "
-          f"median of {max(3, steps // 2)} timed runs [slowest..fastest]")
-        p(f"  {'config':7s} {'new':>4s} {'minigpt tok/s':>28s} {'PyTorch tok/s':>28s} {'ratio':>6s} "
-          f"{'same tokens':>11s}")
+          "tokens/s, median [slowest..fastest]")
+        p(f"  {'config':7s} {'new':>4s} {'minigpt tok/s':>24s} {'PyTorch tok/s':>24s} "
+          f"{'ratio [spread]':>22s} {'same tokens':>11s}")
         out["decode"] = {}
+        n_runs = n_dec if not same_process else max(3, steps // 2)
         for name in configs:
-            r = timer.decode(name, decode_tokens, max(3, steps // 2), threads,
-                             with_torch=has_torch)
+            r = timer.decode(name, decode_tokens, n_runs, threads, with_torch=has_torch, **kw)
             out["decode"][name] = r
             pt = r.get("torch", "PyTorch not installed")
             pts = _rng(pt) if isinstance(pt, dict) else "PyTorch not installed"
-            ratio = f"{r['ratio']:6.2f}" if "ratio" in r else "     -"
             same = f"{r['same_tokens']}/{r['n_new']}" if "same_tokens" in r else "-"
-            p(f"  {name:7s} {r['n_new']:4d} {_rng(r['minigpt']):>28s} {pts:>28s} {ratio} {same:>11s}")
-        p(f"  minigpt and PyTorch ran {how}: " + _rounds_note(out["decode"], max(3, steps // 2),
-                                                                    "runs", isolated.DECODE_WARMUP))
+            p(f"  {name:7s} {r['n_new']:4d} {_rng(r['minigpt']):>24s} {pts:>24s} {_ratio(r)} "
+              f"{same:>11s}")
+            if _memory_note(r):
+                p("          " + _memory_note(r))
+        p(f"  minigpt and PyTorch ran {how}: " + _rounds_note(out["decode"], n_runs, "runs",
+                                                                    isolated.DECODE_WARMUP))
 
     if "memory" in sections:
         p("")

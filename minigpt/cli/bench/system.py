@@ -41,8 +41,9 @@ def torch_or_none():
     return torch
 
 
-def header_lines() -> list[str]:
-    """Human-readable lines: CPU, threads, BLAS, Numba, backend, PyTorch."""
+def header_lines(torch_info: dict | None = None) -> list[str]:
+    """Human-readable lines: CPU, threads, BLAS, Numba, backend, PyTorch (``torch_info``: what the
+    PyTorch child reported, {"torch": version, "where": ...}; None: not installed)."""
     import numba
 
     import kernels.layernorm
@@ -74,10 +75,9 @@ def header_lines() -> list[str]:
         f"kernels      backend {backend.get_backend()}; Numba cache "
         f"{os.environ.get('NUMBA_CACHE_DIR', 'next to the kernels (__pycache__)')}",
     ]
-    torch = torch_or_none()
-    if torch is None:
+    if torch_info is None:
         lines.append("PyTorch      PyTorch not installed (peer rows are skipped)")
     else:
-        lines.append(f"PyTorch      {torch.__version__} CPU eager, {torch.get_num_threads()} intra-op "
-                     f"threads, {torch.get_num_interop_threads()} inter-op")
+        lines.append(f"PyTorch      {torch_info['torch']} CPU eager, defaults apart from "
+                     f"torch.set_num_threads; runs in {torch_info.get('where', '?')}")
     return lines
