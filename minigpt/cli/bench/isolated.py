@@ -36,7 +36,7 @@ from statistics import median
 import numpy as np
 
 from minigpt.cli.bench import spread
-from minigpt.cli.bench.configs import CONFIGS, config_dict  # noqa: F401  (config_dict: for scripts)
+from minigpt.cli.bench.configs import CONFIGS, config_dict
 
 TRAIN_WARMUP = 2        # untimed steps at the start of each child (the first loss is the 1st one's)
 DECODE_WARMUP = 1       # untimed decodes (its tokens are the ones compared)

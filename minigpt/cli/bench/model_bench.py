@@ -5,8 +5,8 @@ torch, minigpt, ...): that is ``minigpt bench --same-process``, kept for compari
 misleading: Numba's and PyTorch's thread pools interfere (on the 2-core bench machine PyTorch's
 'small' step fell from ~5300 tok/s alone to ~600), so by default ``minigpt bench`` uses
 ``isolated.py`` (each implementation in its own fresh process, alternating), which reuses the
-helpers below (``batch``, ``train_flops``, ``gemm_rate``, ``_summary``). The figure is the median
-over the repeated steps, with min..max. A step
+helpers below (``batch``, ``train_flops``, ``gemm_rate``, ``_add_mfu``). Here the figure is the
+median over the repeated steps, with min..max. A step
 is forward, loss, backward and AdamW (lr 4e-4, weight decay 0.1 on every parameter, as the book).
 Before timing, the first losses of both are compared: they start from the same weights.
 
