@@ -45,7 +45,8 @@ def row_key(label: str) -> tuple[str, str, str]:
     """'training step, small, 2 threads' -> ("train", "small", "") ; 'peak memory, decode, GPT-2
     124M' -> ("memory", "gpt2", "decode"). Section from the words, config from 'small'/'GPT-2'."""
     low = label.lower()
-    config = "gpt2" if ("gpt-2" in low or "124m" in low) else "small" if "small" in low else ""
+    config = ("gpt2" if ("gpt-2" in low or "124m" in low) else "small" if "small" in low
+              else "tiny" if "tiny" in low else "")             # tiny: smoke runs of this script
     if not config:
         raise ValueError(f"speed table row {label!r}: name the config ('small' or 'GPT-2 124M')")
     if "memory" in low:

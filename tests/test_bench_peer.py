@@ -107,3 +107,21 @@ def test_flag_boundary():
     assert not spread.flagged(1.2, 1.1, 1.25)            # 0.15 wide < 0.2
     assert spread.flagged(0.8, 0.7, 0.95)                # below 1 too: 0.25 > 0.2
     assert not spread.flagged(0.5, 0.45, 0.55)
+
+
+def test_a_missing_torch_interpreter_is_a_clear_error(monkeypatch):
+    from minigpt.cli.bench import isolated
+
+    monkeypatch.setenv("MINIGPT_BENCH_TORCH_PYTHON", "/nonexistent/python")
+    with pytest.raises(ValueError, match="no such interpreter"):
+        isolated.torch_info()
+
+
+def test_without_torch_the_probe_says_so(monkeypatch):
+    """The interpreter runs but has no torch (this venv, when torch is absent): None, not an error."""
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed in this interpreter")
+    from minigpt.cli.bench import isolated
+
+    monkeypatch.delenv("MINIGPT_BENCH_TORCH_PYTHON", raising=False)
+    assert isolated.torch_info() is None

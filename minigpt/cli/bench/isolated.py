@@ -138,13 +138,17 @@ def run_torch_child(spec: dict, tmp: str, python: str | None = None, env_add: di
 
 def torch_info() -> dict | None:
     """Probe the PyTorch child's interpreter: {"torch": version, ...}, or None without torch."""
+    python = torch_python()
+    if not os.path.exists(python):
+        raise ValueError(f"{TORCH_PYTHON_ENV}={python}: no such interpreter; point it at the python "
+                         "of a venv with torch, numpy and safetensors, or unset it")
     with tempfile.TemporaryDirectory(prefix="minigpt-bench-") as tmp:
         try:
             return run_torch_child({"task": "info", "threads": 1}, tmp)
         except RuntimeError as e:
-            if "No module named" in str(e):
+            if "No module named 'torch'" in str(e):
                 return None
-            raise
+            raise RuntimeError(f"the PyTorch child cannot start under {python}: {e}") from None
 
 
 # --- the parent --------------------------------------------------------------------------------------
