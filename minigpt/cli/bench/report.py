@@ -26,7 +26,8 @@ def _memory_note(r: dict) -> str | None:
     mg, pt = r.get("minigpt"), r.get("torch")
     if not isinstance(mg, dict) or "peak_mb" not in mg:
         return None
-    text = f"peak memory of a child (ru_maxrss, largest): minigpt {mg['peak_mb']:.0f} MiB"
+    text = ("peak memory of a timing child (ru_maxrss, largest; counts the weights read from "
+            f"file): minigpt {mg['peak_mb']:.0f} MiB")
     if isinstance(pt, dict) and "peak_mb" in pt:
         text += f", PyTorch {pt['peak_mb']:.0f} MiB ({mg['peak_mb'] / pt['peak_mb']:.2f})"
     return text
@@ -67,8 +68,9 @@ def run(configs: list[str], steps: int, threads: int, decode_tokens: int, sectio
             torch_info["where"] = f"own process ({isolated.torch_python()}, torch_child.py)"
     out: dict = {}
     p = print_fn
-    p(f"minigpt bench: configs {', '.join(configs)}; {steps} timed steps; {threads} thread(s); "
-      f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    per = "" if same_process else f" per process, {rounds} rounds"
+    p(f"minigpt bench: configs {', '.join(configs)}; {steps} timed steps{per}; {threads} "
+      f"thread(s); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     for line in system.header_lines(torch_info):
         p("  " + line)
     has_torch = torch_info is not None
