@@ -87,3 +87,15 @@ def test_parse_bench_reads_what_the_bench_prints(monkeypatch, restore_global_set
     assert found[("memory", "small", "train")]["ratio"] == pytest.approx(0.5)
     assert found[("memory", "small", "decode")]["torch"] == 900
     assert "CPU" in readme_table.header_of("\n".join(lines))
+
+
+def test_a_written_row_parses_back():
+    """--write puts new values in the README; the next run must read them as the old values."""
+    text = (ROOT / "README.md").read_text("utf-8")
+    row = readme_table.parse_table(text)["rows"][0]
+    new = {"ratio": 1.234, "minigpt": 6100.0, "torch": 4943.0, "ratio_range": (0.9, 1.5),
+           "flagged": True}
+    again = readme_table.parse_table(text.replace(row["line"], readme_table.new_line(row, new), 1))
+    first = again["rows"][0]
+    assert (first["ratio"], first["minigpt"], first["torch"]) == (1.23, 6100, 4943)
+    assert first["command"] == row["command"] and first["key"] == row["key"]
