@@ -58,15 +58,18 @@ VARIANTS = {
 }
 
 
-def fault_cost_us(mib: int = 128, repeats: int = 3) -> float:
+def fault_cost_us(mib: int = 128, repeats: int = 3, pause: float = 0.0) -> float:
     """System CPU microseconds per minor page fault on this machine: map ``mib`` MiB anonymous
     memory, write one byte per 4 KiB page, unmap; the median of ``repeats``. This is what a step
-    pays for every page its allocator returns to the kernel and takes back."""
+    pays for every page its allocator returns to the kernel and takes back. ``pause`` seconds
+    before each repeat give a balloon with free page reporting time to hand the pages back to the
+    host (if that made faults dearer, the cost would rise with the pause)."""
     import mmap
     import resource
 
     costs = []
     for _ in range(repeats):
+        time.sleep(pause)
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         m = mmap.mmap(-1, mib << 20)
         a = np.frombuffer(m, dtype=np.uint8)
@@ -101,7 +104,8 @@ def main() -> int:
         raise ValueError(f"unknown variant(s) {bad}; choose from {list(VARIANTS)}")
     cfg, B, T = CONFIGS[args.config]
     idx, targets = batch(cfg, B, T)
-    print(f"one minor page fault costs {fault_cost_us():.2f} us of system CPU here "
+    print(f"one minor page fault costs {fault_cost_us():.2f} us of system CPU here, "
+          f"{fault_cost_us(pause=5.0):.2f} us after a 5 s pause "
           f"(load average {os.getloadavg()[0]:.2f})", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="torch-variance-") as tmp, open(args.out, "a") as log:
