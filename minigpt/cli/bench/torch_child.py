@@ -1,7 +1,8 @@
 """The PyTorch side of ``minigpt bench``: a plain PyTorch process that never imports minigpt.
 
-Run BY PATH, never as ``-m minigpt...`` (that would import the ``minigpt`` package, and with it
-``kernels``, which changes glibc's malloc thresholds and Numba's threading layer at import)::
+Run BY PATH, never as ``-m minigpt...`` (that imports the ``minigpt`` package and Numba, and
+anything touching a kernel imports ``kernels``, which raises glibc's malloc thresholds: a plain
+PyTorch 'small' step then takes ~15x fewer page faults; docs/kernels.md)::
 
     python -P /path/to/torch_child.py spec.json      ->  one JSON line on stdout
 
