@@ -2,7 +2,7 @@
 
 Run BY PATH, never as ``-m minigpt...`` (that imports the ``minigpt`` package and Numba, and
 anything touching a kernel imports ``kernels``, which raises glibc's malloc thresholds: a plain
-PyTorch 'small' step then takes ~15x fewer page faults; docs/kernels.md)::
+PyTorch 'small' step then takes 7-25x fewer page faults; docs/kernels.md)::
 
     python -P /path/to/torch_child.py spec.json      ->  one JSON line on stdout
 
