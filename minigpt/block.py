@@ -56,9 +56,24 @@ def _linear_backward(ops, g: dict, name: str, dout: np.ndarray, cache) -> np.nda
     return ops.lora_linear_backward(dout, cache, g[name + ".weight"], g.get(name + ".bias"), dA, dB)
 
 
+def _forget_input(cache):
+    """A plain linear layer's cache (x, w, has_bias) without x; a LoRA layer's is kept whole."""
+    return (None, *cache[1:]) if len(cache) == 3 else cache
+
+
+def _restore_input(cache, x: np.ndarray):
+    """The cache ``_forget_input`` made, with its input x put back."""
+    return (x, *cache[1:]) if cache[0] is None else cache
+
+
 def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
                   rng: np.random.Generator | None = None):
-    """x (B, T, C) -> (B, T, C). Cache: the caches of its ten layers (dropouts included), in forward order."""
+    """x (B, T, C) -> (B, T, C). Cache: the caches of its layers (dropouts included), in forward order.
+
+    Memory: GELU's output and its tanh (two (B, T, 4C) arrays per block, the largest a block keeps)
+    are not cached; the cache holds GELU's input u and the backward recomputes both from it (one
+    elementwise pass, the same bits), so mlp.c_proj's cache is kept without its input.
+    """
     ops = backend.ops()
     # attention branch (eq. 8.1)
     h, c_ln1 = ops.layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"])                  # (B, T, C)
@@ -69,12 +84,13 @@ def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
     x = x + a                                                                              # residual
     # MLP branch (eq. 8.2)
     h, c_ln2 = ops.layernorm_forward(x, p["ln_2.weight"], p["ln_2.bias"])                  # (B, T, C)
-    h, c_fc = _linear(ops, p, "mlp.c_fc", h)                                              # (B, T, 4C)
-    h, c_gelu = ops.gelu_forward(h)                                                        # (B, T, 4C)
+    u, c_fc = _linear(ops, p, "mlp.c_fc", h)                                              # (B, T, 4C)
+    h, _ = ops.gelu_forward(u)                                     # (B, T, 4C), recomputed later
     h, c_mproj = _linear(ops, p, "mlp.c_proj", h)                                         # (B, T, C)
     h, c_drop2 = ops.dropout_forward(h, drop_rate, rng)                                    # (B, T, C)
     x = x + h                                                                              # residual
-    return x, (c_ln1, c_qkv, c_att, c_proj, c_drop1, c_ln2, c_fc, c_gelu, c_mproj, c_drop2)
+    return x, (c_ln1, c_qkv, c_att, c_proj, c_drop1, c_ln2, c_fc, u, _forget_input(c_mproj),
+               c_drop2)
 
 
 def block_backward(dx: np.ndarray, cache, g: dict) -> np.ndarray:
@@ -84,11 +100,14 @@ def block_backward(dx: np.ndarray, cache, g: dict) -> np.ndarray:
     *and* through the branch, so each branch's input gradient is added to dx.
     """
     ops = backend.ops()
-    c_ln1, c_qkv, c_att, c_proj, c_drop1, c_ln2, c_fc, c_gelu, c_mproj, c_drop2 = cache
+    c_ln1, c_qkv, c_att, c_proj, c_drop1, c_ln2, c_fc, u, c_mproj, c_drop2 = cache
     # MLP branch, last layer first
+    h, c_gelu = ops.gelu_forward(u)                  # GELU's output and tanh again (not cached)
     dh = ops.dropout_backward(dx, c_drop2)
-    dh = _linear_backward(ops, g, "mlp.c_proj", dh, c_mproj)
+    dh = _linear_backward(ops, g, "mlp.c_proj", dh, _restore_input(c_mproj, h))
+    del h                                            # freed before the attention branch runs
     dh = ops.gelu_backward(dh, c_gelu)
+    del c_gelu
     dh = _linear_backward(ops, g, "mlp.c_fc", dh, c_fc)
     dx = dx + ops.layernorm_backward(dh, c_ln2, g["ln_2.weight"], g["ln_2.bias"])   # eq. 8.3
     # attention branch
