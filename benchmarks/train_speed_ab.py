@@ -41,6 +41,13 @@ from minigpt import backend
 from minigpt.config import GPTConfig
 from minigpt.model import GPTModel
 from minigpt.training.optim import AdamW
+def status(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+base = status("VmRSS")
 V, ctx, C, H, L, B, T, threads, warmup, steps, drop = json.loads(sys.argv[1])
 backend.set_threads(threads)
 cfg = GPTConfig(vocab_size=V, context_length=ctx, emb_dim=C, n_heads=H, n_layers=L,
@@ -56,7 +63,7 @@ for i in range(warmup + steps):
     model.loss_and_grads(idx, tgt, rng=drng)
     opt.step()
     ts.append(time.perf_counter() - t0)
-print(json.dumps({"times": ts[warmup:]}))
+print(json.dumps({"times": ts[warmup:], "base_mb": base, "peak_mb": status("VmHWM")}))
 """
 
 TORCH_CHILD = r"""
@@ -64,6 +71,13 @@ import json, sys, time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+def status(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+base = status("VmRSS")
 V, ctx, C, H, L, B, T, threads, warmup, steps, drop = json.loads(sys.argv[1])
 torch.set_num_threads(threads)
 torch.manual_seed(0)
@@ -111,12 +125,14 @@ for i in range(warmup + steps):
     loss.backward()
     opt.step()
     ts.append(time.perf_counter() - t0)
-print(json.dumps({"times": ts[warmup:]}))
+print(json.dumps({"times": ts[warmup:], "base_mb": base, "peak_mb": status("VmHWM")}))
 """
 
 
 def run_side(python: str, kind: str, cfg: tuple, threads: int, warmup: int, steps: int,
-             drop: float) -> float:
+             drop: float) -> dict:
+    """One fresh process: {"times": [s per timed step], "base_mb": RSS after imports,
+    "peak_mb": peak RSS (VmHWM) at the end}."""
     code = MINIGPT_CHILD if kind == "minigpt" else TORCH_CHILD
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     with tempfile.TemporaryDirectory() as neutral:
@@ -124,7 +140,7 @@ def run_side(python: str, kind: str, cfg: tuple, threads: int, warmup: int, step
                            capture_output=True, text=True, cwd=neutral, env=env, check=False)
     if r.returncode != 0:
         raise RuntimeError(f"{python} ({kind}) failed:\n{r.stderr[-2000:]}")
-    return median(json.loads(r.stdout.strip().splitlines()[-1])["times"])
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         order = sides[r % len(sides):] + sides[:r % len(sides)]
         for name, python, kind in order:
             loads.append(os.getloadavg()[0])
-            t = run_side(python, kind, cfg, args.threads, args.warmup, args.steps, args.dropout)
+            t = median(run_side(python, kind, cfg, args.threads, args.warmup, args.steps,
+                                args.dropout)["times"])
             res[name].append(tokens / t)
             print(f"round {r + 1}: {name:10s} {tokens / t:9,.0f} tok/s  (load {loads[-1]:.2f})",
                   flush=True)
