@@ -65,9 +65,15 @@ def cache_bytes(caches, exclude: list[np.ndarray]) -> dict[str, int]:
     ``caches`` is ``GPTModel._forward(..., keep_caches=True)[1]``: (embedding, dropout, [block caches],
     final layernorm, head). Arrays sharing memory with ``exclude`` (the parameters) are not counted.
     """
-    c_emb, c_drop, c_blocks, c_lnf, c_head = caches
-    block_names = ("ln_1", "attn.c_attn (input)", "attention (q, k, v, weights, dropout mask)",
-                   "attn.c_proj (input)", "dropout 1 (mask)", "ln_2", "mlp.c_fc (input)",
+    c_emb, c_drop, c_blocks, c_lnf, c_head = caches[:5]
+    # the block cache's ten slots; the recomputed activations (minigpt/block.py) changed what four
+    # of them hold, so a run of an older checkout prints its own sizes under the same names
+    block_names = ("ln_1 (xhat; since the recompute: its input x)",
+                   "attn.c_attn (input; none since the recompute)",
+                   "attention (q, k, v, weights, dropout mask)",
+                   "attn.c_proj (input)", "dropout 1 (mask)",
+                   "ln_2 (xhat; since the recompute: its input x)",
+                   "mlp.c_fc (input; none since the recompute)",
                    "gelu (input u; + tanh before the recompute)",
                    "mlp.c_proj (input; none since the recompute)", "dropout 2 (mask)")
     seen: set[int] = set()
@@ -165,9 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     logits_bytes = logits.nbytes
     del logits
     # does the model's loss write dlogits over the logits (one (B, T, V) buffer) or into a new one?
-    import minigpt.model as model_module
+    from minigpt import backend
 
-    real_ce, seen = model_module.cross_entropy, {}
+    ops = backend.ops()
+    real_ce, seen = ops.cross_entropy, {}
 
     def spy(logits, *a, **kw):
         loss, d = real_ce(logits, *a, **kw)
@@ -175,11 +182,11 @@ def main(argv: list[str] | None = None) -> int:
             seen["shared"] = np.shares_memory(d, logits)
         return loss, d
 
-    model_module.cross_entropy = spy
+    ops.cross_entropy = spy
     try:
         model.loss_and_grads(data[0, 0], data[0, 1], rng=np.random.default_rng(1))
     finally:
-        model_module.cross_entropy = real_ce
+        ops.cross_entropy = real_ce
     state = {
         "parameters (flat buffer)": model.flat_params.nbytes,
         "gradients (flat buffer)": model.flat_grads.nbytes,
@@ -198,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'= model + optimizer state':48s} {sum(state.values()) / MiB:9,.0f} MiB")
     print(f"  activation caches of one forward ({cfg.n_layers} blocks):")
     for k, v in sorted(acts.items(), key=lambda kv: -kv[1]):
-        print(f"    {k:46s} {v / MiB:9,.1f} MiB")
+        print(f"    {k:52s} {v / MiB:9,.1f} MiB")
     print(f"  {'= activation caches':48s} {act_total / MiB:9,.0f} MiB "
           f"({act_total / cfg.n_layers / MiB:.1f} MiB per block incl. its share of the rest)")
     for k, v in transient.items():
