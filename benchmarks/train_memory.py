@@ -3,6 +3,8 @@
     python benchmarks/train_memory.py                     # the book's run: 124M shape, 2 x 256
     python benchmarks/train_memory.py --steps 3 --threads 2
     python benchmarks/train_memory.py --n-layers 2 --steps 2   # a quick look at a smaller model
+    python benchmarks/train_memory.py --compare --side before=/work/benchvenv/bin/python:minigpt \
+        --side after=.venv/bin/python:minigpt --side torch=/work/peer/bin/python:torch
 
 Runs ``--steps`` AdamW training steps (forward, backward, optimizer; dropout 0.1 as the book) of a
 randomly initialised model and reads the peak resident set size (VmHWM in /proc/self/status, Linux)
@@ -17,6 +19,14 @@ after each stage. Then it builds the breakdown from the model itself:
 
 The sum of the parts is compared with the measured peak; the rest is the interpreter, NumPy, Numba's
 compiled kernels, and the transient arrays of the backward.
+
+``--compare``: the peak of a GPT-2 124M training step (the bench's "gpt2" config: qkv bias, tied
+head, batch 4 x 128, dropout ``--dropout``, default 0 as the bench) in fresh processes, one per
+``--side NAME=PYTHON:KIND`` and round: KIND ``minigpt`` (that interpreter's installed minigpt, e.g.
+the main checkout's venv against this branch's: each saving measured as the difference) or ``torch``
+(a plain PyTorch process that never imports minigpt; the children are those of
+``benchmarks/train_speed_ab.py``). Prints each side's peak (VmHWM) and RSS after imports, and each
+minigpt side's peak over the torch side's.
 """
 from __future__ import annotations
 
@@ -55,10 +65,17 @@ def cache_bytes(caches, exclude: list[np.ndarray]) -> dict[str, int]:
     ``caches`` is ``GPTModel._forward(..., keep_caches=True)[1]``: (embedding, dropout, [block caches],
     final layernorm, head). Arrays sharing memory with ``exclude`` (the parameters) are not counted.
     """
-    c_emb, c_drop, c_blocks, c_lnf, c_head = caches
-    block_names = ("ln_1", "attn.c_attn (input)", "attention (q, k, v, weights, dropout mask)",
-                   "attn.c_proj (input)", "dropout 1 (mask)", "ln_2", "mlp.c_fc (input)",
-                   "gelu (input, tanh)", "mlp.c_proj (input)", "dropout 2 (mask)")
+    c_emb, c_drop, c_blocks, c_lnf, c_head = caches[:5]
+    # the block cache's ten slots; the recomputed activations (minigpt/block.py) changed what four
+    # of them hold, so a run of an older checkout prints its own sizes under the same names
+    block_names = ("ln_1 (xhat; since the recompute: its input x)",
+                   "attn.c_attn (input; none since the recompute)",
+                   "attention (q, k, v, weights, dropout mask)",
+                   "attn.c_proj (input)", "dropout 1 (mask)",
+                   "ln_2 (xhat; since the recompute: its input x)",
+                   "mlp.c_fc (input; none since the recompute)",
+                   "gelu (input u; + tanh before the recompute)",
+                   "mlp.c_proj (input; none since the recompute)", "dropout 2 (mask)")
     seen: set[int] = set()
     out: dict[str, int] = defaultdict(int)
 
@@ -95,7 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compare", action="store_true",
+                    help="peaks of fresh processes per --side (gpt2 config, batch 4 x 128)")
+    ap.add_argument("--side", action="append", default=[], help="with --compare: NAME=PYTHON:KIND")
+    ap.add_argument("--rounds", type=int, default=1, help="with --compare: rounds of all sides")
     args = ap.parse_args(argv)
+    if args.compare:
+        return compare(args)
 
     hwm0 = proc_status("VmHWM")
     import minigpt
@@ -148,9 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     logits_bytes = logits.nbytes
     del logits
     # does the model's loss write dlogits over the logits (one (B, T, V) buffer) or into a new one?
-    import minigpt.model as model_module
+    from minigpt import backend
 
-    real_ce, seen = model_module.cross_entropy, {}
+    ops = backend.ops()
+    real_ce, seen = ops.cross_entropy, {}
 
     def spy(logits, *a, **kw):
         loss, d = real_ce(logits, *a, **kw)
@@ -158,11 +182,11 @@ def main(argv: list[str] | None = None) -> int:
             seen["shared"] = np.shares_memory(d, logits)
         return loss, d
 
-    model_module.cross_entropy = spy
+    ops.cross_entropy = spy
     try:
         model.loss_and_grads(data[0, 0], data[0, 1], rng=np.random.default_rng(1))
     finally:
-        model_module.cross_entropy = real_ce
+        ops.cross_entropy = real_ce
     state = {
         "parameters (flat buffer)": model.flat_params.nbytes,
         "gradients (flat buffer)": model.flat_grads.nbytes,
@@ -181,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'= model + optimizer state':48s} {sum(state.values()) / MiB:9,.0f} MiB")
     print(f"  activation caches of one forward ({cfg.n_layers} blocks):")
     for k, v in sorted(acts.items(), key=lambda kv: -kv[1]):
-        print(f"    {k:46s} {v / MiB:9,.1f} MiB")
+        print(f"    {k:52s} {v / MiB:9,.1f} MiB")
     print(f"  {'= activation caches':48s} {act_total / MiB:9,.0f} MiB "
           f"({act_total / cfg.n_layers / MiB:.1f} MiB per block incl. its share of the rest)")
     for k, v in transient.items():
@@ -193,6 +217,44 @@ def main(argv: list[str] | None = None) -> int:
     share = sum(state.values()) / (peak * MiB)
     print(f"\nparameters + gradients + AdamW m, v = {share:.0%} of the peak "
           f"(4 x {model.num_params:,} x {dtype.itemsize} bytes)")
+    return 0
+
+
+def compare(args) -> int:
+    """Peak RSS of one training config per side, each in its own fresh process."""
+    import os
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from train_speed_ab import CONFIGS, run_side
+
+    if not args.side:
+        raise ValueError("--compare needs at least one --side NAME=PYTHON:KIND")
+    V, ctx, C, H, L, _, _ = CONFIGS["gpt2"]
+    cfg = (V, ctx, C, H, args.n_layers or L, args.batch_size, args.context_length)
+    peaks: dict[str, list[float]] = defaultdict(list)
+    bases: dict[str, list[float]] = defaultdict(list)
+    kinds = {}
+    for r in range(args.rounds):
+        for side in args.side:
+            name, rest = side.split("=", 1)
+            python, kind = rest.rsplit(":", 1)
+            python = os.path.abspath(python) if os.sep in python else python
+            kinds[name] = kind
+            res = run_side(python, kind, cfg, args.threads, 1, max(1, args.steps - 1), args.dropout)
+            peaks[name].append(res["peak_mb"])
+            bases[name].append(res["base_mb"])
+            print(f"round {r + 1}: {name:10s} peak {res['peak_mb']:8,.0f} MiB  after imports "
+                  f"{res['base_mb']:6,.0f} MiB  ({np.median(res['times']):.2f} s/step)", flush=True)
+    print(f"\npeak resident memory (VmHWM) of a training process: {cfg[4]} layers, width {C}, vocab "
+          f"{V:,}, batch {args.batch_size} x {args.context_length}, dropout {args.dropout}, "
+          f"{args.steps} steps, {args.threads} threads; median of {args.rounds} round(s)")
+    torch_peak = next((float(np.median(peaks[n])) for n, k in kinds.items() if k == "torch"), None)
+    for name, kind in kinds.items():
+        pk = float(np.median(peaks[name]))
+        line = f"  {name:10s} {pk:8,.0f} MiB (after imports {np.median(bases[name]):5,.0f} MiB)"
+        if torch_peak and kind == "minigpt":
+            line += f"   {pk / torch_peak:.3f}x torch's peak"
+        print(line)
     return 0
 
 

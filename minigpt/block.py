@@ -56,25 +56,46 @@ def _linear_backward(ops, g: dict, name: str, dout: np.ndarray, cache) -> np.nda
     return ops.lora_linear_backward(dout, cache, g[name + ".weight"], g.get(name + ".bias"), dA, dB)
 
 
+def _forget_input(cache):
+    """A plain linear layer's cache (x, w, has_bias) without x; a LoRA layer's is kept whole."""
+    return (None, *cache[1:]) if len(cache) == 3 else cache
+
+
+def _restore_input(cache, x: np.ndarray):
+    """The cache ``_forget_input`` made, with its input x put back."""
+    return (x, *cache[1:]) if cache[0] is None else cache
+
+
 def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
                   rng: np.random.Generator | None = None):
-    """x (B, T, C) -> (B, T, C). Cache: the caches of its ten layers (dropouts included), in forward order."""
+    """x (B, T, C) -> (B, T, C). Cache: what its layers' backwards need, in forward order.
+
+    Memory (docs/kernels.md, "The training step's non-GEMM work"): three kinds of activation are not
+    cached but recomputed by the backward, each by one elementwise or row pass giving the same bits:
+    the two layernorms' outputs and normalised inputs (the cache keeps each layernorm's input, one
+    (B, T, C) array instead of two), and GELU's output and tanh (the cache keeps GELU's input u,
+    one (B, T, 4C) array instead of three). The linear layers reading them keep their caches
+    without their input (``_forget_input``) and get it back in the backward.
+    """
     ops = backend.ops()
+    ln_1 = (x, p["ln_1.weight"], p["ln_1.bias"])          # layernorm input and parameters, kept
     # attention branch (eq. 8.1)
-    h, c_ln1 = ops.layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"])                  # (B, T, C)
+    h, _ = ops.layernorm_forward(*ln_1)                                                    # (B, T, C)
     qkv, c_qkv = _linear(ops, p, "attn.c_attn", h)                                       # (B, T, 3C)
     a, c_att = ops.attention_forward(qkv, n_heads, drop_rate, rng)                         # (B, T, C)
     a, c_proj = _linear(ops, p, "attn.c_proj", a)                                         # (B, T, C)
     a, c_drop1 = ops.dropout_forward(a, drop_rate, rng)                                    # (B, T, C)
     x = x + a                                                                              # residual
+    ln_2 = (x, p["ln_2.weight"], p["ln_2.bias"])
     # MLP branch (eq. 8.2)
-    h, c_ln2 = ops.layernorm_forward(x, p["ln_2.weight"], p["ln_2.bias"])                  # (B, T, C)
-    h, c_fc = _linear(ops, p, "mlp.c_fc", h)                                              # (B, T, 4C)
-    h, c_gelu = ops.gelu_forward(h)                                                        # (B, T, 4C)
+    h, _ = ops.layernorm_forward(*ln_2)                                                    # (B, T, C)
+    u, c_fc = _linear(ops, p, "mlp.c_fc", h)                                              # (B, T, 4C)
+    h, _ = ops.gelu_forward(u)                                                             # (B, T, 4C)
     h, c_mproj = _linear(ops, p, "mlp.c_proj", h)                                         # (B, T, C)
     h, c_drop2 = ops.dropout_forward(h, drop_rate, rng)                                    # (B, T, C)
     x = x + h                                                                              # residual
-    return x, (c_ln1, c_qkv, c_att, c_proj, c_drop1, c_ln2, c_fc, c_gelu, c_mproj, c_drop2)
+    return x, (ln_1, _forget_input(c_qkv), c_att, c_proj, c_drop1,
+               ln_2, _forget_input(c_fc), u, _forget_input(c_mproj), c_drop2)
 
 
 def block_backward(dx: np.ndarray, cache, g: dict) -> np.ndarray:
@@ -84,14 +105,24 @@ def block_backward(dx: np.ndarray, cache, g: dict) -> np.ndarray:
     *and* through the branch, so each branch's input gradient is added to dx.
     """
     ops = backend.ops()
-    c_ln1, c_qkv, c_att, c_proj, c_drop1, c_ln2, c_fc, c_gelu, c_mproj, c_drop2 = cache
-    # MLP branch, last layer first
+    ln_1, c_qkv, c_att, c_proj, c_drop1, ln_2, c_fc, u, c_mproj, c_drop2 = cache
+    # MLP branch, last layer first; the activations the forward did not keep are recomputed
+    h, c_ln2 = ops.layernorm_forward(*ln_2)          # ln_2's output (mlp.c_fc's input) and cache
+    c_fc = _restore_input(c_fc, h)
+    h, c_gelu = ops.gelu_forward(u)                  # GELU's output (mlp.c_proj's input) and tanh
     dh = ops.dropout_backward(dx, c_drop2)
-    dh = _linear_backward(ops, g, "mlp.c_proj", dh, c_mproj)
+    dh = _linear_backward(ops, g, "mlp.c_proj", dh, _restore_input(c_mproj, h))
+    del h                                            # each freed as soon as it has served
     dh = ops.gelu_backward(dh, c_gelu)
+    del c_gelu
     dh = _linear_backward(ops, g, "mlp.c_fc", dh, c_fc)
+    del c_fc
     dx = dx + ops.layernorm_backward(dh, c_ln2, g["ln_2.weight"], g["ln_2.bias"])   # eq. 8.3
+    del c_ln2
     # attention branch
+    h, c_ln1 = ops.layernorm_forward(*ln_1)          # ln_1's output (attn.c_attn's input) and cache
+    c_qkv = _restore_input(c_qkv, h)
+    del h
     da = ops.dropout_backward(dx, c_drop1)
     da = _linear_backward(ops, g, "attn.c_proj", da, c_proj)
     dqkv = ops.attention_backward(da, c_att)

@@ -1,0 +1,60 @@
+"""What a block's training cache keeps: the recomputed activations (GELU's output and tanh, the
+layernorms' outputs and normalised inputs, minigpt/block.py) must not creep back into it.
+
+The cache's distinct arrays (each underlying buffer once, parameter views left out) are counted
+against the list the backward needs: the two layernorm inputs (B, T, C), GELU's input u (B, T, 4C),
+qkv (B, T, 3C), the attention weights (B, H, T, T) and the attention output (B, T, C) that
+attn.c_proj reads. Dropout 0: no masks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minigpt import backend
+from minigpt.block import block_backward, block_forward
+from minigpt.config import GPTConfig
+from minigpt.model import GPTModel
+
+
+def _root(a):
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def cached_elements(cache, params: np.ndarray) -> int:
+    seen, total = set(), 0
+
+    def walk(o):
+        nonlocal total
+        if isinstance(o, np.ndarray):
+            r = _root(o)
+            if id(r) not in seen and not np.shares_memory(r, params):
+                seen.add(id(r))
+                total += r.size
+        elif isinstance(o, (tuple, list)):
+            for item in o:
+                walk(item)
+
+    walk(cache)
+    return total
+
+
+@pytest.mark.parametrize("name", ["numba", "numpy"])
+def test_block_cache_holds_only_what_the_backward_cannot_recompute(name):
+    B, T, C, H = 2, 33, 24, 3
+    cfg = GPTConfig(vocab_size=11, context_length=T, emb_dim=C, n_heads=H, n_layers=1,
+                    drop_rate=0.0, qkv_bias=True)
+    model = GPTModel(cfg, seed=0, dtype=np.float64)
+    p, g = model._block_params[0], model._block_grads[0]
+    x = np.random.default_rng(0).normal(size=(B, T, C))
+    with backend.use(name):
+        y, cache = block_forward(x, p, H)
+        want = B * T * C * (1 + 1 + 4 + 3 + 1) + B * H * T * T
+        assert cached_elements(cache, model.flat_params) == want
+        # negative control: the same count finds a (B, T, 4C) array put back into the cache
+        assert cached_elements((cache, np.tanh(cache[7])), model.flat_params) == want + B * T * 4 * C
+        dx = block_backward(np.ones_like(y), cache, g)
+    assert dx.shape == x.shape and np.isfinite(dx).all()
