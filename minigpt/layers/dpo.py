@@ -34,7 +34,8 @@ import numpy as np
 def response_logprobs_forward(logits: np.ndarray, targets: np.ndarray, ignore_index: int = -100):
     """logits (N, T, V), targets (N, T) int (-100: not counted) -> (lp (N,) float64, cache).
 
-    Row by row, so the temporaries are (T, V), not (N, T, V). The cache keeps the logits (a
+    Row by row, so the temporaries are (T, V), not (N, T, V); the exponentials in the logits' dtype,
+    the sums and the result in float64. The cache keeps the logits (a
     reference, not a copy), the targets and each position's log-sum-exp; the backward recomputes
     the softmax from them (eq. 13.2).
     """
@@ -56,9 +57,10 @@ def response_logprobs_forward(logits: np.ndarray, targets: np.ndarray, ignore_in
     lp = np.empty(N, dtype=np.float64)
     t_idx = np.arange(T)
     for n in range(N):
-        z = logits[n].astype(np.float64)                               # (T, V)
+        z = logits[n]                                                  # (T, V), its own dtype
         zmax = z.max(axis=1)                                           # (T,)
-        lse[n] = zmax + np.log(np.exp(z - zmax[:, None]).sum(axis=1))   # (T,)  eq. 7.2
+        e = np.exp(z - zmax[:, None])                                  # (T, V)  <= 1
+        lse[n] = zmax + np.log(e.sum(axis=1, dtype=np.float64))        # (T,)  eq. 7.2, float64
         logp_y = z[t_idx, y[n]] - lse[n]                               # (T,)  log softmax(z)[y]
         lp[n] = logp_y[counted[n]].sum() / M[n]                        # eq. 13.1
     return lp, (logits, y, counted, M, lse)             # lp in float64, whatever the logits
@@ -78,8 +80,8 @@ def response_logprobs_backward(dlp: np.ndarray, cache, out: np.ndarray | None = 
         out = np.empty_like(logits)
     t_idx = np.arange(T)
     for n in range(N):
-        w = (dlp[n] * counted[n] / M[n])[:, None]                          # (T, 1)  per-position weight
-        p = np.exp(logits[n].astype(np.float64) - lse[n][:, None])         # (T, V)  softmax
+        w = (dlp[n] * counted[n] / M[n]).astype(logits.dtype)[:, None]     # (T, 1)  per-position weight
+        p = np.exp(logits[n] - lse[n].astype(logits.dtype)[:, None])       # (T, V)  softmax
         g = -w * p                                                          # (T, V)
         g[t_idx, y[n]] += w[:, 0]                                           # + w onehot(y)
         out[n] = g
