@@ -11,6 +11,7 @@ word F1 and ROUGE-L (a judge: ``minigpt judge``).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import time
 from dataclasses import replace
@@ -121,7 +122,12 @@ def options(args: argparse.Namespace) -> dict[str, Any]:
         saved = read_state(o["checkpoint_dir"])["state"].get("cli")
         if saved is None:
             raise ValueError(f"{o['checkpoint_dir']} was not written by 'minigpt {args.command}'")
-        o = {**saved, **{k: v for k, v in o.items() if k in RESUMABLE}}
+        # only what was given on this command line overrides the saved options, not the defaults
+        parser = argparse.ArgumentParser()
+        importlib.import_module(f"minigpt.cli.{args.command}").add_arguments(parser)
+        defaults = vars(parser.parse_args([]))
+        given = {k: v for k, v in o.items() if k in RESUMABLE and v != defaults.get(k)}
+        o = {**saved, "checkpoint_dir": o["checkpoint_dir"], **given}
         o["resuming"] = True
     elif list_checkpoints(o["checkpoint_dir"]):
         raise ValueError(f"{o['checkpoint_dir']} already holds a run; continue it with --resume, "
