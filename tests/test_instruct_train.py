@@ -163,3 +163,28 @@ def test_responses_stop_at_end_of_text_and_scores(tok):
     s = automatic_scores([{**entry, "model_response": "Paris."},
                           {**entry, "model_response": "London"}])
     assert s["exact_match"] == 50.0 and s["word_f1"] == 50.0
+
+
+def test_resume_keeps_the_saved_options_unless_given(monkeypatch, tmp_path):
+    """--resume: the run's saved options win over this command line's defaults; a run-length
+    option given explicitly overrides; an option that would change the trajectory is refused."""
+    import minigpt.training.checkpoint as ckpt
+    from minigpt.cli.dispatch import build_parser
+    from minigpt.cli.instruct import options
+
+    parser = build_parser()
+    saved = {**vars(parser.parse_args(["instruct", "--max-steps", "24", "--no-progress",
+                                       "--lr", "1e-3", "--checkpoint-dir", str(tmp_path)]))}
+    saved = {k: v for k, v in saved.items() if not k.startswith("_") and k != "command"}
+    monkeypatch.setattr(ckpt, "list_checkpoints", lambda d: [tmp_path / "step-00000009"])
+    monkeypatch.setattr(ckpt, "read_state", lambda d: {"state": {"cli": saved}})
+    o = options(parser.parse_args(["instruct", "--resume", "--checkpoint-dir", str(tmp_path)]))
+    assert (o["max_steps"], o["progress"], o["lr"], o["resuming"]) == (24, False, 1e-3, True)
+    o = options(parser.parse_args(["instruct", "--resume", "--checkpoint-dir", str(tmp_path),
+                                   "--max-steps", "30", "--lr", "1e-3"]))
+    assert (o["max_steps"], o["lr"]) == (30, 1e-3)
+    with pytest.raises(ValueError, match=r"--lr \(saved 0.001\)"):
+        options(parser.parse_args(["instruct", "--resume", "--checkpoint-dir", str(tmp_path),
+                                   "--lr", "2e-3"]))
+    with pytest.raises(ValueError, match="already holds a run"):
+        options(parser.parse_args(["instruct", "--checkpoint-dir", str(tmp_path)]))

@@ -127,6 +127,13 @@ def options(args: argparse.Namespace) -> dict[str, Any]:
         importlib.import_module(f"minigpt.cli.{args.command}").add_arguments(parser)
         defaults = vars(parser.parse_args([]))
         given = {k: v for k, v in o.items() if k in RESUMABLE and v != defaults.get(k)}
+        changed = sorted(k for k, v in o.items() if k not in RESUMABLE and k in defaults
+                         and v != defaults[k] and v != saved.get(k))
+        if changed:
+            raise ValueError("these options differ from the run being resumed and would change its "
+                             "result: " + ", ".join(f"--{k.replace('_', '-')} (saved "
+                                                    f"{saved.get(k)!r})" for k in changed)
+                             + "; drop them, or start a new run in another --checkpoint-dir")
         o = {**saved, "checkpoint_dir": o["checkpoint_dir"], **given}
         o["resuming"] = True
     elif list_checkpoints(o["checkpoint_dir"]):
