@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # In the order ``minigpt --help`` lists them.
-COMMANDS = ["train", "generate", "eval", "gradcheck", "bench"]
+COMMANDS = ["train", "finetune", "classify", "generate", "eval", "gradcheck", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
