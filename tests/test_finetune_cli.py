@@ -184,3 +184,23 @@ def test_the_books_helpers_and_choices(tmp_path):
 
 def _first(loader):
     return next(iter(loader))
+
+
+@pytest.mark.parametrize("name", ["ch06_classification", "appendixE_lora"])
+def test_chapter_scripts_print_the_books_numbers(name, capsys, monkeypatch, restore_global_settings):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--no-train"]) == 0
+    out = capsys.readouterr().out
+    assert "MISMATCH" not in out and out.count("[ok]") >= 5
+    # negative control: one count off by one is reported and fails the script
+    mod.FAILED.clear()
+    real = mod.count
+    monkeypatch.setattr(mod, "count", lambda *a, **k: real(*a, **k) + 1)
+    assert mod.main(["--no-train"]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
