@@ -118,3 +118,15 @@ def test_the_books_lora_count_includes_the_head():
     assert count(lora_specs(cfg, BOOK_TARGETS) + head_lora_specs(cfg)) == 2_666_528
     assert count(head_lora_specs(cfg)) == 16 * (768 + 2)
     assert cfg.n_params() == 124_441_346                                   # before freezing
+
+
+def test_peft_files_refuse_the_head_adapter_clearly(tmp_path):
+    """PEFT saves a sequence classifier's head whole (score.weight, modules_to_save) and never as a
+    LoRA pair (checked with PEFT 0.21.2: docs/lora.md); the head's adapter stays in checkpoints."""
+    from minigpt.weights.adapter import save_adapter
+
+    base = GPTModel(CFG, seed=1, dtype=np.float64)
+    with pytest.raises(ValueError, match="modules_to_save|module to save"):
+        save_adapter(with_lora(base, 2, 4.0), tmp_path / "a")
+    save_adapter(with_lora(base, 2, 4.0, head=False), tmp_path / "b")      # the blocks' pairs
+    assert (tmp_path / "b" / "adapter_model.safetensors").is_file()
