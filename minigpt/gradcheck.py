@@ -644,9 +644,9 @@ def check_classifier_model(pooling: str, seed: int = 0, max_per_tensor: int | No
 # the book's two finetuning set-ups on the tiny classifier (L = 2): frozen parts not computed
 # (exact zeros), every trainable element against finite differences
 CLASSIFIER_FROZEN_VARIANTS = {
-    "classifier, ch06 freezing (last block, ln_f, head train)": (
+    "classifier, ch06 freezing": (           # the last block, ln_f, the head train
         {}, lambda n: not n.startswith(("h.1.", "ln_f.", "out_head."))),
-    "classifier, appendix E LoRA (every linear and the head; base frozen)": (
+    "classifier, LoRA + head, base frozen": (  # appendix E: every linear and the head
         {"lora": True}, lambda n: ".lora_" not in n),
 }
 
