@@ -130,3 +130,39 @@ def test_peft_files_refuse_the_head_adapter_clearly(tmp_path):
         save_adapter(with_lora(base, 2, 4.0), tmp_path / "a")
     save_adapter(with_lora(base, 2, 4.0, head=False), tmp_path / "b")      # the blocks' pairs
     assert (tmp_path / "b" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("path", ["numpy", "numba"])
+@pytest.mark.parametrize("pooling", ["last", "last_nonpad"])
+def test_lora_classifier_against_pytorch_autograd(pooling, path):
+    """The classifier with the book's adapters, the head's included, against PyTorch autograd on a
+    model written from the equations (benchmarks/make_finetune_fixture.py, float64): logits, loss
+    and the gradient of every parameter; then with the base frozen, the adapters' gradients the
+    same and the frozen ones not computed. The fixture holds torch's values; torch is not needed."""
+    from pathlib import Path
+
+    from safetensors.numpy import load_file
+
+    f = load_file(str(Path(__file__).parent / "fixtures" / "finetune" / "lora_classifier.safetensors"))
+    cfg = gc.TINY.replace(num_classes=2, pooling=pooling)
+    m = with_lora(GPTModel(cfg, seed=0, dtype=np.float64), 3, 5.0, freeze_base=False)
+    m.load_state_dict({k[6:]: v for k, v in f.items() if k.startswith("param.")})   # strict
+    idx, labels, lengths = f["idx"], f["labels"], f["lengths"]
+    with backend.use(path):
+        np.testing.assert_allclose(m.forward(idx, lengths=lengths), f[f"{pooling}.logits"],
+                                   rtol=1e-10, atol=1e-12)
+        loss, g = m.loss_and_grads(idx, labels, lengths=lengths)
+        assert abs(loss - f[f"{pooling}.loss"].reshape(-1)[0]) < 1e-12
+        for name in m.params:
+            np.testing.assert_allclose(g[name], f[f"{pooling}.grad.{name}"], rtol=1e-8, atol=1e-12,
+                                       err_msg=name)
+        m.freeze(lambda n: ".lora_" not in n)
+        _, g = m.loss_and_grads(idx, labels, lengths=lengths)
+    for name in m.params:
+        if ".lora_" in name:
+            np.testing.assert_allclose(g[name], f[f"{pooling}.grad.{name}"], rtol=1e-8, atol=1e-12)
+        else:
+            assert not g[name].any(), name
+    # negative control: the same comparison sees a head adapter without its scale
+    wrong = g["out_head.lora_B"] * 3 / 5.0
+    assert not np.allclose(wrong, f[f"{pooling}.grad.out_head.lora_B"], rtol=1e-8, atol=1e-12)
