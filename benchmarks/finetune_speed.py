@@ -16,7 +16,8 @@ with torch; minigpt never imports torch), on the book's model written in PyTorch
 ``GPTModel`` with separate W_query / W_key / W_value, its ``LinearWithLoRA`` on every ``nn.Linear``,
 ``requires_grad_(False)`` for frozen parameters, ``torch.optim.AdamW`` over the trainable ones);
 both at the same thread count. Each figure is the median of ``--reps`` timed steps after one
-warm-up step. Printed: seconds per step, the speed-up of each set-up over the full step, and
+warm-up step; the three set-ups take their steps in turn (round robin), so a change of the
+machine's load hits all three alike. Printed: seconds per step, the speed-up of each set-up over the full step, and
 minigpt's time over PyTorch's (below 1: minigpt is faster). The machine's load average is printed
 with the figures: on a shared machine the absolute times move, the ratios within a run less so.
 """
@@ -59,24 +60,23 @@ def minigpt_times(s: dict, B: int, T: int, reps: int, threads: int) -> dict[str,
                     n_layers=s["L"], drop_rate=0.0, qkv_bias=True, tie_weights=True,
                     num_classes=2, pooling="last")
     x, y = batch(B, T, s["vocab"])
-    out = {}
+    runs = {}
     for mode in MODES:
         model = GPTModel(cfg, seed=1)
         if mode == "lora":
             model = with_lora(model, 16, 16)
         else:
             choose_trainable(model, "all" if mode == "full" else "last-block")
-        opt = AdamW(model, lr=1e-4, weight_decay=0.1)
-        times = []
-        for k in range(reps + 1):
+        runs[mode] = (model, AdamW(model, lr=1e-4, weight_decay=0.1))
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for k in range(reps + 1):                  # round robin: a change of load hits every set-up
+        for mode, (model, opt) in runs.items():
             t0 = time.perf_counter()
             model.loss_and_grads(x, y)
             opt.step()
             if k:
-                times.append(time.perf_counter() - t0)
-        out[mode] = float(np.median(times))
-        del model, opt
-    return out
+                times[mode].append(time.perf_counter() - t0)
+    return {mode: float(np.median(t)) for mode, t in times.items()}
 
 
 # --- PyTorch (run with --torch-only in a Python that has torch) ---------------------------------
@@ -156,7 +156,7 @@ def replace_linear_with_lora(model, rank, alpha):
 rng = np.random.default_rng(0)
 x = torch.tensor(rng.integers(0, s["vocab"], (B, T)))
 y = torch.tensor(rng.integers(0, 2, B))
-out = {}
+runs = {}
 for mode in ("full", "last-block", "lora"):
     model = GPT(s)
     if mode == "last-block":
@@ -166,19 +166,18 @@ for mode in ("full", "last-block", "lora"):
     if mode == "lora":
         model.requires_grad_(False)
         replace_linear_with_lora(model, 16, 16)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
-                            weight_decay=0.1)
-    times = []
-    for k in range(reps + 1):
+    runs[mode] = (model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                           lr=1e-4, weight_decay=0.1))
+times = {mode: [] for mode in runs}
+for k in range(reps + 1):
+    for mode, (model, opt) in runs.items():
         t0 = time.perf_counter()
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
         if k:
-            times.append(time.perf_counter() - t0)
-    out[mode] = float(np.median(times))
-    del model, opt
-print(json.dumps(out))
+            times[mode].append(time.perf_counter() - t0)
+print(json.dumps({mode: float(np.median(t)) for mode, t in times.items()}))
 '''
 
 
@@ -195,6 +194,9 @@ def torch_times(python: str, s: dict, B: int, T: int, reps: int, threads: int) -
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--small", action="store_true", help="6 layers, width 384 (default: GPT-2 124M)")
+    ap.add_argument("--n-layers", type=int, default=None,
+                    help="fewer blocks of the same width (each block costs the same, so the ratios "
+                         "carry over; default: the shape's)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=120)
     ap.add_argument("--reps", type=int, default=3)
@@ -203,6 +205,8 @@ def main() -> int:
                     help="a Python with torch for the PyTorch side ('' to skip it)")
     args = ap.parse_args()
     s = shape(args.small)
+    if args.n_layers:
+        s["L"] = args.n_layers
     B, T = args.batch_size, args.tokens
     print(f"shape: L {s['L']}, C {s['C']}, H {s['H']}, 2-class head; batch {B} x {T} tokens; "
           f"float32; {args.threads} thread(s); median of {args.reps} steps")
