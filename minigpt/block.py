@@ -12,6 +12,9 @@ runs as ``ops.lora_linear_forward`` scaled by ``p["lora_scale"]`` (alpha / r, wh
 puts there from its config); every other linear as ``ops.linear_forward``. ``_linear`` and
 ``_linear_backward`` make that choice, so the chain below reads the same either way.
 
+Frozen weights: a linear's weight or bias missing from ``g`` is frozen and gets no gradient; its
+layer's backward computes only dx (``minigpt/frozen.py``). ``GPTModel`` builds ``g`` that way.
+
 Composition, not math: the layers it chains live in ``minigpt/layers``; it calls them through
 ``ops = backend.ops()`` (the layers, or the kernels under the same names), fetched once per call.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from minigpt import backend
+from minigpt.frozen import frozen_linear_backward
 
 QKV = ("q", "k", "v")   # the book's W_query, W_key, W_value: c_attn's three column blocks
 
@@ -49,11 +53,15 @@ def _linear(ops, p: dict, name: str, x: np.ndarray):
 
 
 def _linear_backward(ops, g: dict, name: str, dout: np.ndarray, cache) -> np.ndarray:
-    """The backward of ``_linear``: eqs. 3.2-3.4, plus 12.2-12.6 for an adapter."""
+    """The backward of ``_linear``: eqs. 3.2-3.4, plus 12.2-12.6 for an adapter. A weight (bias)
+    absent from ``g`` is frozen: its gradient is not computed (``minigpt/frozen.py``)."""
+    dw, db = g.get(name + ".weight"), g.get(name + ".bias")
     dA, dB = _adapter(g, name)
-    if dA is None:
-        return ops.linear_backward(dout, cache, g[name + ".weight"], g.get(name + ".bias"))
-    return ops.lora_linear_backward(dout, cache, g[name + ".weight"], g.get(name + ".bias"), dA, dB)
+    if dA is not None:
+        return ops.lora_linear_backward(dout, cache, dw, db, dA, dB)
+    if dw is None:
+        return frozen_linear_backward(dout, cache, db)
+    return ops.linear_backward(dout, cache, dw, db)
 
 
 def _forget_input(cache):

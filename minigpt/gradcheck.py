@@ -587,17 +587,30 @@ LAYER_CASES.update({f"pooling ({mode}, rows of 5, 2, 1 tokens)": partial(_poolin
 
 
 def check_classifier_model(pooling: str, seed: int = 0, max_per_tensor: int | None = None,
-                           label: str | None = None) -> list[CheckResult]:
+                           label: str | None = None, lora: bool = False,
+                           freeze=None, model_cls=GPTModel) -> list[CheckResult]:
     """Check ``loss_and_grads`` of the tiny model with a classification head (3 classes, the given
     pooling) against central differences of ``loss``: every element of every parameter, or
     ``max_per_tensor`` sampled ones of the trunk's tensors (the head's are always all checked).
+
+    ``lora``: the book's appendix E model, adapters on every linear layer, the head included (B
+    drawn nonzero). ``freeze``: parameters to freeze (names or patterns, ``GPTModel.freeze``); a
+    frozen parameter's gradient is not computed, so it is not compared with finite differences:
+    its result checks that its gradient buffer holds exact zeros (``n_checked`` its size,
+    equation "frozen").
 
     Four right-padded rows of 7, 4, 2 and 5 real tokens (pad id 0), labels with one -100.
     """
     cfg = TINY.replace(num_classes=3, pooling=pooling)
     rng = np.random.default_rng(seed)
-    model = GPTModel(cfg, seed=seed, dtype=np.float64)
+    model = model_cls(cfg, seed=seed, dtype=np.float64)
+    if lora:
+        from minigpt.lora import with_lora
+        model = with_lora(model, LORA_R, LORA_ALPHA, freeze_base=False)
     _randomise(model, rng)
+    if freeze is not None:
+        model.freeze(freeze)
+    frozen = set(model.frozen_names())
     B, T = 4, cfg.context_length - 1
     lengths = np.array([7, 4, 2, 5])
     idx = rng.integers(1, cfg.vocab_size, (B, T))
@@ -606,20 +619,49 @@ def check_classifier_model(pooling: str, seed: int = 0, max_per_tensor: int | No
 
     model.loss_and_grads(idx, labels, lengths=lengths)
     analytic = model.flat_grads.copy()
-    label = label or f"classifier ({pooling})"
+    label = label or f"classifier ({pooling}{', LoRA' if lora else ''})"
     results, offset = [], 0
     for name, shape in model.shapes.items():
         size = int(np.prod(shape))
+        if name in frozen:     # not computed: the buffer must hold exact zeros
+            nonzero = float(np.abs(analytic[offset:offset + size]).max())
+            results.append(CheckResult(label, name, "frozen", size, nonzero, 0.0, nonzero == 0.0))
+            offset += size
+            continue
         if max_per_tensor is None or size <= max_per_tensor or name.startswith("out_head"):
             local = np.arange(size)
         else:
             local = np.sort(rng.choice(size, max_per_tensor, replace=False))
         numeric = numerical_gradient(lambda: model.loss(idx, labels, lengths=lengths),
                                      model.flat_params, offset + local)
-        eq = "11.6" if name.startswith("out_head") else _equation(name, cfg)
+        eq = "11.6, 12.2-12.5" if name.startswith("out_head.lora") else "11.6" \
+            if name.startswith("out_head") else _equation(name, cfg)
         results.append(compare(label, name, analytic[offset + local], numeric, eq))
         offset += size
     return results
+
+
+# the book's two finetuning set-ups on the tiny classifier (L = 2): frozen parts not computed
+# (exact zeros), every trainable element against finite differences
+CLASSIFIER_FROZEN_VARIANTS = {
+    "classifier, ch06 freezing": (           # the last block, ln_f, the head train
+        {}, lambda n: not n.startswith(("h.1.", "ln_f.", "out_head."))),
+    "classifier, LoRA + head, base frozen": (  # appendix E: every linear and the head
+        {"lora": True}, lambda n: ".lora_" not in n),
+}
+
+
+class _FrozenGradientComputed(GPTModel):
+    """BUG: hands the backward every gradient view, frozen or not (the behaviour before frozen
+    weights were skipped): frozen buffers are written, and the trainable ones are still right."""
+
+    def _active_grads(self) -> None:
+        self._blocks_g = [{} for _ in range(self.cfg.n_layers)]
+        for name, g in self.grads.items():
+            i = block_index(name)
+            if i is not None:
+                self._blocks_g[i][name.split(".", 2)[2]] = g
+        self._top_g = {n: g for n, g in self.grads.items() if block_index(n) is None}
 
 
 def _pooling_backward_reads_padding(dout, cache):
@@ -642,6 +684,9 @@ NEGATIVE_CONTROLS.update({
     "last_nonpad pooling backward into a padding position": lambda: check_op(
         "NEG pooling", *_pooling_case(np.random.default_rng(0), "last_nonpad",
                                       _pooling_backward_reads_padding)),
+    "frozen weights whose gradients are still computed": lambda: check_classifier_model(
+        "last_nonpad", lora=True, freeze=lambda n: ".lora_" not in n,
+        model_cls=_FrozenGradientComputed, label="NEG frozen", max_per_tensor=4),
     "mean pooling backward that divides by T": lambda: check_op(
         "NEG mean pooling", *_pooling_case(np.random.default_rng(0), "mean",
                                            _mean_pooling_backward_divides_by_T)),
@@ -666,6 +711,8 @@ def run_all(include_model: bool = True, include_negative: bool = True):
             results += check_model(cfg, label=f"model ({key})")
         for pooling in POOLINGS:
             results += check_classifier_model(pooling)
+        for key, (kw, freeze) in CLASSIFIER_FROZEN_VARIANTS.items():
+            results += check_classifier_model("last_nonpad", freeze=freeze, label=key, **kw)
         for key, (cfg, targets) in LORA_MODEL_VARIANTS.items():
             results += check_model(cfg, model_cls=lora_model(targets), label=f"model ({key})")
     negatives = {}

@@ -17,7 +17,9 @@ the column blocks of the fused ``attn.c_attn``, ``attn.c_attn.q`` / ``.k`` / ``.
 (``attn.c_proj``), and the two feed-forward layers (``mlp.c_fc``, ``mlp.c_proj``). Only these
 reproduce the book's count of 2,666,528 LoRA parameters for GPT-2 124M with its 2-class head: one
 pair on the fused c_attn has r (C + 3C) parameters where the book's three have 3 r (C + C).
-``PEFT_TARGETS`` is one pair per GPT-2 module, as Hugging Face PEFT adapts GPT-2.
+``PEFT_TARGETS`` is one pair per GPT-2 module, as Hugging Face PEFT adapts GPT-2. A classification
+head (chapter 6) gets its own pair, ``out_head.lora_A`` / ``.lora_B`` (``head_lora_specs``;
+``with_lora`` adds it unless ``head=False``), applied in ``heads.classifier_forward``.
 
 Initialisation, the book's: B = 0, so the model is unchanged until B moves; A by PyTorch's
 ``kaiming_uniform_(A, a=sqrt(5))`` on the book's A of shape (in_dim, rank). PyTorch's fan-in of a 2-D
@@ -85,18 +87,28 @@ def lora_specs(cfg: GPTConfig, targets: Sequence[str] = BOOK_TARGETS) -> list[Pa
     return specs
 
 
+def head_lora_specs(cfg: GPTConfig) -> list[ParamSpec]:
+    """The adapter rows of a classification head (``out_head``, C -> num_classes), rank
+    ``cfg.lora_rank``: the book's ``replace_linear_with_lora`` wraps every ``nn.Linear``, the new
+    head included (16 (768 + 2) = 12,320 of its 2,666,528 parameters). [] for the LM head."""
+    if cfg.num_classes is None:
+        return []
+    return adapter_specs("out_head", cfg.emb_dim, cfg.num_classes, cfg.lora_rank)
+
+
 def with_lora(model: GPTModel, rank: int, alpha: float, targets: Sequence[str] = BOOK_TARGETS, *,
-              seed: int | None = 123, freeze_base: bool = True) -> GPTModel:
+              seed: int | None = 123, freeze_base: bool = True, head: bool = True) -> GPTModel:
     """A copy of ``model`` with LoRA adapters added (the book's ``replace_linear_with_lora``): the
     same parameters and extra rows, plus adapters initialised from ``np.random.default_rng(seed)``.
-    ``freeze_base``: the book freezes every existing parameter first, so only A and B train."""
+    ``freeze_base``: the book freezes every existing parameter first, so only A and B train.
+    ``head``: a classification head gets an adapter too (the book's); False leaves it without."""
     if model.cfg.lora_rank:
         raise ValueError("the model already has LoRA adapters; merge_lora and build a new model, "
                          "or start from the base model")
     cfg = model.cfg.replace(lora_rank=rank, lora_alpha=alpha)
     base_extra = model.table[len(param_table(model.cfg)):]
-    specs = lora_specs(cfg, targets)
-    new = GPTModel(cfg, seed=None, dtype=model.dtype, init=None, extra=list(base_extra) + specs)
+    specs = lora_specs(cfg, targets) + (head_lora_specs(cfg) if head else [])
+    new = type(model)(cfg, seed=None, dtype=model.dtype, init=None, extra=list(base_extra) + specs)
     for name, arr in model.params.items():
         new.params[name][...] = arr
     init_params(new.params, specs, "gpt2", np.random.default_rng(seed))
@@ -127,7 +139,7 @@ def adapters(model: GPTModel) -> list[Adapter]:
             continue
         base = s.name[: -len(".lora_A")]
         n_out = model.shapes[base + ".lora_B"][1]
-        layer, part = base.rsplit(".", 1)
+        layer, _, part = base.rpartition(".")
         if part in QKV and layer + ".weight" in model.shapes:     # a column block of c_attn
             j = QKV.index(part)
             out.append(Adapter(layer, s.name, base + ".lora_B", j * n_out, (j + 1) * n_out))

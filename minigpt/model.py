@@ -86,8 +86,9 @@ class GPTModel:
     ``extra``: more ``ParamSpec`` rows (adapters, heads) appended to the table and the flat buffer.
 
     Frozen parameters (``freeze`` / ``unfreeze``): AdamW neither updates nor decays them and keeps
-    no moments for them, clipping leaves them out of the norm, and the backward stops below the
-    lowest layer that has a trainable parameter (see ``loss_and_grads``).
+    no moments for them, clipping leaves them out of the norm, their gradients are not computed
+    (a frozen linear's backward skips dW), and the backward stops below the lowest layer that has
+    a trainable parameter (see ``loss_and_grads``).
     A classification head (``cfg.num_classes``) is initialised under either rule as the fresh
     ``nn.Linear`` the book puts there: weight and bias uniform in +-1/sqrt(C). It comes last in the
     buffer, so for one seed the rest of the model holds the same numbers as the LM model's.
@@ -114,7 +115,6 @@ class GPTModel:
         self.params = named_views(self.flat_params, self.table)
         self.grads = named_views(self.flat_grads, self.table)
         self._block_params = _block_dicts(self.params, cfg.n_layers)
-        self._block_grads = _block_dicts(self.grads, cfg.n_layers)
         if cfg.lora_rank:   # LoRA adapters (minigpt.lora) are scaled by alpha / r; the blocks read it
             for bp in self._block_params:
                 bp["lora_scale"] = cfg.lora_scale
@@ -185,7 +185,34 @@ class GPTModel:
 
     def _trainable_changed(self) -> None:
         self._trainable_ranges = tuple(runs(self.table, lambda s: s.trainable))
+        self._trainable = {s.name: s.trainable for s in self.table}
         self._grad_floor = self._lowest_trainable_layer()
+        self._active_grads()
+
+    def _active_grads(self) -> None:
+        """Where the backward writes: ``self._blocks_g`` (one dict per block, keyed inside the
+        block) and ``self._top_g`` (the rest, by name). A trainable parameter maps to its view of
+        ``flat_grads``. A frozen linear weight or bias maps to None (left out of a block's dict),
+        and its layer's backward skips its product (``minigpt/frozen.py``: no dW, the LoRA
+        speed-up). A frozen layernorm gain or bias, or LoRA matrix, whose backward computes them in
+        the pass that computes dx, gets a scratch array instead. Either way the gradient buffer of
+        a frozen parameter is never written: it stays zero."""
+        def active(name: str):
+            if self._trainable[name]:
+                return self.grads[name]
+            if "ln_" in name or ".lora_" in name:
+                return np.zeros_like(self.grads[name])           # computed, then dropped
+            return None                                          # not computed at all
+
+        self._blocks_g = [{} for _ in range(self.cfg.n_layers)]
+        self._top_g = {}
+        for name in self.grads:
+            g = active(name)
+            i = block_index(name)
+            if i is None:
+                self._top_g[name] = g
+            elif g is not None:
+                self._blocks_g[i][name.split(".", 2)[2]] = g
 
     def _lowest_trainable_layer(self) -> int:
         """Where the backward may stop: -1 (the embedding) when wte or wpe trains, or a trainable
@@ -198,8 +225,8 @@ class GPTModel:
             i = block_index(s.name)
             if i is not None:
                 lowest = min(lowest, i)
-            elif s.name not in ("ln_f.weight", "ln_f.bias", "lm_head.weight",
-                                "out_head.weight", "out_head.bias"):
+            elif s.name not in ("ln_f.weight", "ln_f.bias", "lm_head.weight", "out_head.weight",
+                                "out_head.bias", "out_head.lora_A", "out_head.lora_B"):
                 return -1
         return lowest
 
@@ -214,9 +241,10 @@ class GPTModel:
                              "not an LM head")
         return self.params["wte.weight" if self.cfg.tie_weights else "lm_head.weight"]
 
-    def _head_grad(self) -> np.ndarray:
-        """Where the LM head's (V, C) gradient accumulates: ``wte``'s gradient when tied."""
-        return self.grads["wte.weight" if self.cfg.tie_weights else "lm_head.weight"]
+    def _head_grad(self) -> np.ndarray | None:
+        """Where the LM head's (V, C) gradient accumulates: ``wte``'s gradient when tied; None
+        when that weight is frozen (its gradient is then not computed)."""
+        return self._top_g["wte.weight" if self.cfg.tie_weights else "lm_head.weight"]
 
     def zero_grad(self) -> None:
         self.flat_grads[...] = 0
@@ -303,8 +331,11 @@ class GPTModel:
         if self.cfg.num_classes is None:
             return heads.lm_head_forward(x, self.head_weight())                     # (B, T, V)
         p = self.params
+        lora = None
+        if "out_head.lora_A" in p:     # the book's replace_linear_with_lora wraps the head too
+            lora = (p["out_head.lora_A"], p["out_head.lora_B"], self.cfg.lora_scale)
         return heads.classifier_forward(x, p["out_head.weight"], p["out_head.bias"],
-                                        self.cfg.pooling, lengths)                  # (B, n)
+                                        self.cfg.pooling, lengths, lora)            # (B, n)
 
     def forward(self, idx, *, rng: np.random.Generator | None = None,
                 kv_cache: KVCache | None = None, lengths=None) -> np.ndarray:
@@ -383,8 +414,9 @@ class GPTModel:
         named views into ``flat_grads`` (overwritten by the next call; copy to keep them).
         With frozen parameters the chain stops below the lowest layer holding a trainable one
         (``_lowest_trainable_layer``): the gradients of the frozen blocks and embeddings under it
-        are left at zero, uncomputed. Frozen parameters above it (in a partly trainable block,
-        ln_f, the head) still get their gradient; AdamW and clipping ignore it.
+        are left at zero, uncomputed. Above it, a frozen linear weight's product dW = x^T dout is
+        skipped (``minigpt/frozen.py``), and no frozen parameter's gradient is written: all of
+        them stay zero, and the trainable ones are the same bits as with nothing frozen.
         """
         idx = self._check_idx(idx)
         targets = self._check_targets_for_head(targets, idx)
@@ -416,26 +448,30 @@ class GPTModel:
 
     def _head_backward(self, dout: np.ndarray, c_head) -> np.ndarray:
         """dout: (B, T, V) logits gradient, or (B, n) for a classifier -> dx (B, T, C)."""
-        # HOOK(frozen): a frozen head skips its weight gradient here (it still returns dx)
+        # a frozen head weight's gradient (None in _top_g) is skipped: dx only (minigpt/frozen.py)
         if self.cfg.num_classes is None:
             # logits = x @ W_head^T: the gradient of W_head^T lands in dhead^T, a view (eq. 9.1).
             # When tied, dhead IS wte's gradient, so it holds the sum of both uses (eq. 9.2).
             return heads.lm_head_backward(dout, c_head, self._head_grad())          # (B, T, V) -> (B, T, C)
-        g = self.grads
-        return heads.classifier_backward(dout, c_head, g["out_head.weight"], g["out_head.bias"])
+        g = self._top_g
+        return heads.classifier_backward(dout, c_head, g["out_head.weight"], g["out_head.bias"],
+                                         g.get("out_head.lora_A"), g.get("out_head.lora_B"))
 
     def _trunk_backward(self, dx: np.ndarray, cache: TrainCache) -> dict[str, np.ndarray]:
         """dx (B, T, C) at ln_f's output -> ln_f, the blocks in reverse, the embedding; fills grads."""
-        ops, g = backend.ops(), self.grads
+        ops, g = backend.ops(), self._top_g
         dx = ops.layernorm_backward(dx, cache.lnf, g["ln_f.weight"], g["ln_f.bias"])  # (B, T, C)
         # frozen parameters: nothing below the lowest trainable layer needs a gradient, so the
-        # backward stops there (those gradients stay zero); above it every gradient is computed
+        # backward stops there; above it, the frozen weights' products are skipped (_active_grads).
+        # Every frozen parameter's gradient stays zero.
         floor = self._grad_floor
         for i in reversed(range(max(floor, 0), len(cache.blocks))):
-            dx = block_backward(dx, cache.blocks[i], self._block_grads[i])     # (B, T, C)
+            dx = block_backward(dx, cache.blocks[i], self._blocks_g[i])        # (B, T, C)
         if floor < 0:
             dx = ops.dropout_backward(dx, cache.drop)
-            ops.embedding_backward(dx, cache.emb, g["wte.weight"], g["wpe.weight"])
+            dwte, dwpe = (g[n] if g[n] is not None else np.zeros_like(self.grads[n])
+                          for n in ("wte.weight", "wpe.weight"))   # a frozen one: a scratch array
+            ops.embedding_backward(dx, cache.emb, dwte, dwpe)
         return self.grads
 
     # --- state ----------------------------------------------------------------------------------

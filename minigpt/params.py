@@ -284,6 +284,33 @@ def count(table: Iterable[ParamSpec], keep: Callable[[ParamSpec], bool] | None =
     return sum(s.size for s in table if keep is None or keep(s))
 
 
+def spec_to_dict(spec: ParamSpec) -> dict[str, Any]:
+    """A row as JSON-able values (a checkpoint's ``extra`` rows: adapters, heads)."""
+    return {"name": spec.name, "shape": list(spec.shape),
+            "init_gpt2": [spec.init_gpt2.kind, spec.init_gpt2.arg],
+            "init_torch": [spec.init_torch.kind, spec.init_torch.arg], "decay": spec.decay,
+            "trainable": spec.trainable, "hf_name": spec.hf_name,
+            "book": [[p.key, p.transpose, list(p.cols) if p.cols else None] for p in spec.book],
+            "tf_name": spec.tf_name}
+
+
+def spec_from_dict(d: dict[str, Any]) -> ParamSpec:
+    """The inverse of ``spec_to_dict``."""
+    try:
+        return ParamSpec(d["name"], tuple(int(n) for n in d["shape"]), Init(*d["init_gpt2"]),
+                         Init(*d["init_torch"]), bool(d["decay"]), bool(d["trainable"]),
+                         d.get("hf_name"),
+                         tuple(Piece(k, bool(t), tuple(c) if c else None) for k, t, c in d.get("book", [])),
+                         d.get("tf_name"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"not a parameter row: {d!r} ({e})") from None
+
+
+def extra_rows(model: Any) -> list[ParamSpec]:
+    """The rows of ``model.table`` beyond what its config writes (``extra=`` when it was built)."""
+    return list(model.table[len(param_table(model.cfg)):])
+
+
 def format_table(table: Iterable[ParamSpec]) -> str:
     """The table as text, one row per parameter (for docs and for a reader at the prompt)."""
     lines = [f"{'name':28} {'shape':14} {'gpt2 init':18} {'torch init':18} decay train  "

@@ -7,7 +7,8 @@ import importlib
 import sys
 
 # In the order ``minigpt --help`` lists them.
-COMMANDS = ["train", "generate", "eval", "gradcheck", "bench", "instruct", "dpo", "judge"]
+COMMANDS = ["train", "finetune", "classify", "instruct", "dpo", "judge", "generate", "eval",
+            "gradcheck", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

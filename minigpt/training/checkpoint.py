@@ -7,7 +7,8 @@ A run directory looks like this::
       step-00000090/
         model.safetensors      <- every parameter, by its Hugging Face GPT-2 name
         optimizer.safetensors  <- AdamW's m and v over the trainable ranges of the flat buffer
-        state.json             <- step, config, dtype, frozen parameters, optimizer scalars (with the
+        state.json             <- step, config, dtype, frozen parameters, extra parameter rows
+                                  (LoRA adapters), optimizer scalars (with the
                                   trainable ranges), data position, RNG states, run settings,
                                   history, and the sha256 of both tensor files
       step-00000085/ ...       <- older ones, pruned to ``keep_last``
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from minigpt.atomic import atomic_path, fsync_path, write_text_atomic
+from minigpt.params import extra_rows, spec_from_dict, spec_to_dict
 
 FORMAT = "minigpt-checkpoint"
 VERSION = 1
@@ -145,6 +147,7 @@ def save_checkpoint(
         "dtype": np.dtype(model.dtype).name,
         "optimizer": opt_scalars,
         "frozen": model.frozen_names() if hasattr(model, "frozen_names") else [],
+        "extra": [spec_to_dict(s) for s in extra_rows(model)] if hasattr(model, "table") else [],
         "files": hashes,
         "state": state or {},
     }
@@ -282,6 +285,15 @@ def load_checkpoint(
     return meta
 
 
+def checkpoint_extra_rows(meta: dict[str, Any]) -> list:
+    """The parameter rows a checkpoint's model had beyond its config's (LoRA adapters), from its
+    ``state.json`` (``read_state``); [] for checkpoints written before they were stored."""
+    try:
+        return [spec_from_dict(d) for d in meta.get("extra", [])]
+    except ValueError as e:
+        raise CheckpointError(f"{meta.get('path')}: its extra parameter rows: {e}") from e
+
+
 def model_from_checkpoint(path: str | os.PathLike, dtype: Any = None, check: bool = True):
     """Build a ``GPTModel`` from a checkpoint's config and load its weights: ``(model, state)``."""
     from minigpt.config import GPTConfig
@@ -290,10 +302,11 @@ def model_from_checkpoint(path: str | os.PathLike, dtype: Any = None, check: boo
     meta = read_state(path)
     cfg = GPTConfig.from_dict(meta["config"])
     saved_dtype = np.dtype(meta["dtype"])
-    model = GPTModel(cfg, seed=None, dtype=saved_dtype)
+    extra = checkpoint_extra_rows(meta)     # LoRA adapters and other rows beyond the config's
+    model = GPTModel(cfg, seed=None, dtype=saved_dtype, extra=extra)
     meta = load_checkpoint(path, model, check=check)
     if dtype is not None and np.dtype(dtype) != saved_dtype:
-        cast = GPTModel(cfg, seed=None, dtype=dtype)
+        cast = GPTModel(cfg, seed=None, dtype=dtype, extra=extra)
         cast.load_state_dict(model.state_dict())
         if model.frozen_names():
             cast.freeze(model.frozen_names())

@@ -45,9 +45,12 @@ def _layers(model: GPTModel) -> dict[str, list]:
     out: dict[str, list] = {}
     for a in adapters(model):
         if not a.layer.startswith("h."):
-            raise ValueError(f"the adapter on {a.layer} has no module in PEFT's GPT2LMHeadModel "
-                             "layout (only the blocks' c_attn, c_proj, c_fc); save it with the "
-                             "model's checkpoint instead")
+            raise ValueError(f"the adapter on {a.layer} has no place in PEFT's files: PEFT adapts "
+                             "only the blocks' c_attn, c_proj, c_fc of GPT-2, and for sequence "
+                             "classification saves the whole head (score.weight, no bias) as a "
+                             "module to save, never a LoRA pair on it; keep it in the model's "
+                             "checkpoint ('minigpt finetune' does), or build the model with "
+                             "with_lora(..., head=False) to write a PEFT adapter")
         out.setdefault(a.layer, []).append(a)
     return out
 
