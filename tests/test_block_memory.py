@@ -48,7 +48,7 @@ def test_block_cache_holds_only_what_the_backward_cannot_recompute(name):
     cfg = GPTConfig(vocab_size=11, context_length=T, emb_dim=C, n_heads=H, n_layers=1,
                     drop_rate=0.0, qkv_bias=True)
     model = GPTModel(cfg, seed=0, dtype=np.float64)
-    p, g = model._block_params[0], model._block_grads[0]
+    p, g = model._block_params[0], model._blocks_g[0]
     x = np.random.default_rng(0).normal(size=(B, T, C))
     with backend.use(name):
         y, cache = block_forward(x, p, H)
