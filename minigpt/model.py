@@ -106,6 +106,7 @@ class GPTModel:
             raise ValueError(f"init must be one of {INIT_SCHEMES} (or None: zeros), got {init!r}")
         self.cfg = cfg
         self.dtype = dtype
+        self.extra = tuple(extra)                     # rows beyond the config's (LoRA adapters)
         self.table = param_table(cfg, extra)          # one ParamSpec per parameter, buffer order
         self.shapes = {s.name: s.shape for s in self.table}
         self.ranges = offsets(self.table)             # name -> (start, stop) in the flat buffer
@@ -121,6 +122,22 @@ class GPTModel:
         self._trainable_changed()
         self.init = init
         self._init_weights(np.random.default_rng(seed))
+
+    def copy(self) -> GPTModel:
+        """A separate model with the same numbers, rows and frozen set (its own flat buffers).
+
+        ``copy.deepcopy`` calls this too: copying the attributes one by one would give the copy
+        named views that still point into the original's buffer."""
+        twin = GPTModel(self.cfg, seed=None, dtype=self.dtype, init=None, extra=self.extra)
+        twin.init = self.init
+        twin.flat_params[...] = self.flat_params
+        twin.flat_grads[...] = self.flat_grads
+        if self.frozen_names():
+            twin.freeze(self.frozen_names())
+        return twin
+
+    def __deepcopy__(self, memo) -> GPTModel:
+        return self.copy()
 
     # --- set-up ---------------------------------------------------------------------------------
     def _init_weights(self, rng: np.random.Generator) -> None:

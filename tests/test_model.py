@@ -202,3 +202,27 @@ def test_kv_cache_errors():
 def test_public_api_names():
     for name in ["GPTConfig", "GPTModel", "KVCache", "GPT_CONFIG_124M", "model_configs"]:
         assert hasattr(minigpt, name)
+
+
+def test_copy_and_deepcopy_own_their_buffers():
+    import copy
+
+    from minigpt.lora import with_lora
+    cfg = GPTConfig(vocab_size=13, context_length=8, emb_dim=8, n_heads=2, n_layers=2, num_classes=2)
+    base = GPTModel(cfg, seed=3, dtype=np.float64)
+    model = with_lora(base, rank=2, alpha=4)
+    model.freeze(lambda name: ".lora_" not in name)
+    for twin in (model.copy(), copy.deepcopy(model)):
+        assert twin.frozen_names() == model.frozen_names()
+        assert [s.name for s in twin.table] == [s.name for s in model.table]
+        np.testing.assert_array_equal(twin.flat_params, model.flat_params)
+        before = model.flat_params.copy()
+        twin.flat_params += 1.0                     # the named views follow the copy's buffer ...
+        name = twin.trainable_names()[0]
+        np.testing.assert_array_equal(twin.params[name], model.params[name] + 1.0)
+        np.testing.assert_array_equal(model.flat_params, before)   # ... and the original is untouched
+    # negative control: a plain attribute-by-attribute copy shares the views (the bug this prevents)
+    shallow = copy.copy(model)
+    shallow.flat_params = model.flat_params.copy()
+    shallow.flat_params += 1.0
+    assert shallow.params[name] is model.params[name]
