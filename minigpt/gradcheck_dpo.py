@@ -135,6 +135,7 @@ def check_dpo_model(T: int = 5, seed: int = 0,
     for v in variants:
         objective = VARIANTS[v](policy, reference, beta=0.5)
         objective.trainable_reference = clone(reference)
+        objective.trainable_reference.unfreeze()   # the control's reference takes gradients
         objective.loss_and_grads(x, y)
         analytic[v] = policy.flat_grads.copy()
     ref, _ = response_logprobs_forward(reference.forward(x), y)
