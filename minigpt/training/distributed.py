@@ -45,6 +45,7 @@ class Communicator:
     rank: int = 0          # this process's index, 0..size-1
     size: int = 1          # N, the number of processes
     local_size: int = 1    # processes on this machine (for the default thread count)
+    local_rank: int = 0    # this process's index among them (0 warms the machine's kernel cache)
     host: str = socket.gethostname()
 
     @property
@@ -89,7 +90,7 @@ class MPICommunicator(Communicator):
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)   # the ranks sharing this machine
-        self.local_size = node.Get_size()
+        self.local_size, self.local_rank = node.Get_size(), node.Get_rank()
         node.Free()
         self.host = MPI.Get_processor_name()
 

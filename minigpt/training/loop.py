@@ -54,7 +54,7 @@ from minigpt.training.checkpoint import (
 from minigpt.inference.generate import generate, text_to_token_ids, token_ids_to_text
 from minigpt.training.distributed import Communicator, get_communicator, shard
 from minigpt.training.example_rng import ExampleRng
-from minigpt.training.kernel_cache import check_still_cached, warm_kernel_cache
+from minigpt.training.kernel_cache import assume_warm, check_still_cached, warm_kernel_cache
 from minigpt.training.optim import clip_grad_norm_, grad_norm, lr_at
 
 LOG_FILE = "log.jsonl"
@@ -502,12 +502,13 @@ def train(
     eval_loader = train_eval_loader if train_eval_loader is not None else train_loader
     out = (print_fn or print) if root else _silent
     # every process must run the same (cached) kernel code for an exact resume: kernel_cache.py;
-    # rank 0 compiles first, the others then load what it cached
-    if not root:
-        comm.wait_for_all()
-    cached = warm_kernel_cache(model.flat_params.dtype.type, print_fn=out)
-    if root:
-        comm.wait_for_all()
+    # the first rank of each machine compiles, the others then load what it cached
+    dtype = model.flat_params.dtype.type
+    if comm.local_rank == 0:
+        cached = warm_kernel_cache(dtype, print_fn=out)
+    comm.wait_for_all()
+    if comm.local_rank != 0:
+        cached = assume_warm(dtype)
     ckpt_dir = Path(s.checkpoint_dir) if s.checkpoint_dir else None
     log_path = ckpt_dir / LOG_FILE if ckpt_dir and root else None
     if ckpt_dir and root:
