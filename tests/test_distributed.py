@@ -106,6 +106,20 @@ def test_a_batch_that_does_not_split_is_refused_with_what_to_do():
         shard(10, Rank(0, 3), 2)
 
 
+def test_the_command_refuses_ranks_that_do_not_split_the_batch(tmp_path, monkeypatch, capsys):
+    """What `mpirun -n 3 minigpt train --batch-size 4 ...` (or resuming a 4-window run on 3 ranks)
+    answers, before any work: the communicator is faked as rank 0 of 3 (2 ranks, which split it,
+    are the mpirun tests below)."""
+    import minigpt.training.distributed as d
+    from minigpt.cli import main
+
+    monkeypatch.setattr(d, "_world", Rank(0, 3))
+    code = main(["train", text_file(tmp_path), *TINY, "--checkpoint-dir", str(tmp_path / "r")])
+    assert code == 2
+    assert "does not split into 3 rank(s) x 1 accumulation step(s)" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()              # refused before anything was written
+
+
 def test_one_process_without_a_launcher_needs_no_mpi(monkeypatch):
     import minigpt.training.distributed as d
 
@@ -163,8 +177,13 @@ def test_grad_accum_follows_the_one_batch_trajectory_with_dropout_on(dtype, tol,
 
 
 # --- under mpirun -n 2 ------------------------------------------------------------------------------------
-MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",  # CI runs as root
-           "OMPI_MCA_rmaps_base_oversubscribe": "1"}
+# CI runs as root; ranks yield the core while they wait (the test machine may be oversubscribed);
+# the NumPy backend: no Numba kernels to compile or load in every process (the MPI path, the
+# checkpoints and the dropout streams are the same on both backends; docs/distributed.md shows the
+# same checks on the Numba kernels)
+MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "OMPI_MCA_rmaps_base_oversubscribe": "1", "OMPI_MCA_mpi_yield_when_idle": "1",
+           "MINIGPT_KERNELS": "numpy"}
 TINY = ["--tokenizer", "300", "--context-length", "16", "--emb-dim", "16", "--n-heads", "2",
         "--n-layers", "2", "--batch-size", "4", "--dropout", "0.1", "--lr", "3e-3",
         "--warmup-steps", "4", "--min-lr", "3e-4", "--clip", "1.0", "--eval-freq", "7",
@@ -230,14 +249,12 @@ def flat(tensors):
 
 def test_mpirun_2_ranks_in_float64_follow_one_process(tmp_path):
     """mpirun -n 2, batch 2 per rank, dropout on = one process with batch 4, to 1e-12 after 10
-    steps. The NumPy backend keeps it fast (no float64 kernels to compile); the MPI path is the
-    same for both backends."""
+    steps."""
     text = text_file(tmp_path)
     args = [text, *TINY, "--dtype", "float64", "--max-steps", "10"]
-    env = {"MINIGPT_KERNELS": "numpy"}
-    two = cli(tmp_path, 2, *args, "--checkpoint-dir", "two", env=env)
-    one = cli(tmp_path, 0, *args, "--checkpoint-dir", "one", env=env)
-    f32 = cli(tmp_path, 0, *args, "--dtype", "float32", "--checkpoint-dir", "f32", env=env)
+    two = cli(tmp_path, 2, *args, "--checkpoint-dir", "two")
+    one = cli(tmp_path, 0, *args, "--checkpoint-dir", "one")
+    f32 = cli(tmp_path, 0, *args, "--dtype", "float32", "--checkpoint-dir", "f32")
     out2, _, _ = finish(two), finish(one), finish(f32)
     assert "data parallel: 2 MPI ranks on 1 host, 1 thread(s) per rank" in out2, out2
     assert out2.count("summary ") == 1 and '"ranks": 2' in out2      # rank 0 alone reports
@@ -277,8 +294,7 @@ def latest_step(run_dir):
 def test_mpirun_rank_killed_ends_the_job_and_resume_is_bit_identical(tmp_path):
     """SIGKILL one rank mid-run: mpirun ends the whole job within a bounded time (no rank left
     waiting in an all-reduce); --resume with 2 ranks then ends with the same bits (parameters and
-    AdamW moments) as an uninterrupted 2-rank run. Resuming on 3 ranks is refused (the batch of 4
-    does not split)."""
+    AdamW moments) as an uninterrupted 2-rank run."""
     text = text_file(tmp_path)
     args = [text, *TINY, "--max-steps", "30", "--checkpoint-every", "1"]
     ref = cli(tmp_path, 2, *args, "--checkpoint-dir", "ref", "--checkpoint-every", "30")
@@ -302,9 +318,6 @@ def test_mpirun_rank_killed_ends_the_job_and_resume_is_bit_identical(tmp_path):
     assert 0 < killed_at < 30, killed_at
     assert '"steps": 30' in finish(ref)
     print(f"rank 1 killed after step {killed_at}; the job ended {ended:.1f} s later")
-    refused = cli(tmp_path, 3, "--resume", "--checkpoint-dir", "killed")
-    out3, err3 = refused.communicate(timeout=300)
-    assert refused.returncode != 0 and "does not split into 3 rank(s)" in out3 + err3
     out = finish(cli(tmp_path, 2, "--resume", "--checkpoint-dir", "killed"))
     assert "resumed from" in out and '"steps": 30' in out
     got, want = params(run), params(tmp_path / "ref")
