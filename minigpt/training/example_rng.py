@@ -24,9 +24,9 @@ class ExampleRng:
     """Per-example random streams for rows ``first .. first + rows - 1`` of step ``step``'s batch."""
 
     def __init__(self, seed: int, step: int, first: int, rows: int):
-        self.first, self.rows = int(first), int(rows)
-        self.streams = [np.random.default_rng([int(seed), int(step), g])
-                        for g in range(self.first, self.first + self.rows)]
+        self.seed, self.step, self.first, self.rows = int(seed), int(step), int(first), int(rows)
+        self.streams: list[np.random.Generator] | None = None   # made at the first draw
+
 
     def random(self, shape) -> np.ndarray:
         """Uniform [0, 1) floats of ``shape`` (rows, ...): row i from example first + i's stream."""
@@ -34,6 +34,9 @@ class ExampleRng:
         if not shape or shape[0] != self.rows:
             raise ValueError(f"ExampleRng serves batches of {self.rows} rows (one stream per "
                              f"example); a draw of shape {shape} does not start with that many rows")
+        if self.streams is None:
+            self.streams = [np.random.default_rng([self.seed, self.step, g])
+                            for g in range(self.first, self.first + self.rows)]
         out = np.empty(shape)                                   # (rows, ...) float64
         for i, stream in enumerate(self.streams):
             out[i] = stream.random(shape[1:])
