@@ -100,6 +100,38 @@ def test_ranks_and_micro_batches_sum_to_the_whole_batch_gradient(ignore):
     assert rel(model.flat_grads, whole) > 1e-3
 
 
+class PoisonedPeer(Rank):
+    """Rank 0 of 2 whose (simulated) peer sends a NaN in one gradient entry, or in its loss."""
+
+    def __init__(self, where):
+        super().__init__(0, 2)
+        self.where = where
+
+    def allreduce_sum_(self, buf):
+        if self.where == "grad" and buf.size > 2:           # the flat gradient
+            buf[-1] += np.nan
+        if self.where == "loss" and buf.size == 2:          # the (loss, stop) pair
+            buf[0] += np.nan
+        return buf
+
+
+@pytest.mark.parametrize("where", ["grad", "loss"])
+def test_a_non_finite_value_on_another_rank_stops_this_one_before_the_step(where):
+    from minigpt.training.loop import NonFiniteLossError, _optimizer_step
+
+    model = GPTModel(CFG, seed=1, dtype=np.float64)
+    opt = AdamW(model, lr=1e-3)
+    x, y = batch(B=4)
+    before = model.flat_params.copy()
+    with pytest.raises(NonFiniteLossError, match="not updated"):
+        _optimizer_step(model, opt, x, y, 1e-3, None, 9, PoisonedPeer(where), 1, lambda: None, 0,
+                        False)
+    np.testing.assert_array_equal(model.flat_params, before)
+    # control: a healthy peer (the same sum without the NaN) lets the step through
+    _optimizer_step(model, opt, x, y, 1e-3, None, 9, Rank(0, 2), 1, lambda: None, 0, False)
+    assert not np.array_equal(model.flat_params, before)
+
+
 def test_a_batch_that_does_not_split_is_refused_with_what_to_do():
     assert shard(8, Rank(1, 2), 2) == (4, 4)
     with pytest.raises(ValueError, match=r"divisible by 6.*rank count among \[1, 5\]"):
