@@ -243,7 +243,7 @@ def load_text(name_or_path: str) -> str:
 
 def make_tokenizer(spec: str, train_text: str, run_dir: Path, resume: bool, save: bool = True):
     """(tokenizer, how a checkpoint refers to it): 'gpt2', or a directory saved in the run
-    (by the process with ``save``; under MPI every rank trains the same BPE, rank 0 saves it)."""
+    (saved when ``save``; under MPI rank 0 trains and saves it, the others then load it)."""
     from minigpt.tokenizer import Tokenizer
 
     spec = str(spec)
@@ -341,8 +341,12 @@ def run(args: argparse.Namespace) -> int:
 
     if comm.is_root:
         run_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer, tok_ref = make_tokenizer(o["tokenizer"], train_val_split(text, o["train_ratio"])[0],
-                                        run_dir, resuming, save=comm.is_root)
+    train_text = train_val_split(text, o["train_ratio"])[0]
+    if comm.is_root:
+        tokenizer, tok_ref = make_tokenizer(o["tokenizer"], train_text, run_dir, resuming)
+    comm.wait_for_all()
+    if not comm.is_root:   # load the BPE rank 0 trained (or, on another machine, train the same)
+        tokenizer, tok_ref = make_tokenizer(o["tokenizer"], train_text, run_dir, True, save=False)
     cfg = build_config(o, tokenizer.n_vocab)
     if o["context_length"] > cfg.context_length:
         raise ValueError("the context length exceeds the model's")
