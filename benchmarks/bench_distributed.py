@@ -12,6 +12,11 @@ waiting for a slower rank is counted apart, as "wait"), and AdamW. The first ``-
 (kernel loading) are not counted. Prints one JSON line. Configs: "small" is ``minigpt train
 --quick``'s model (V 2048, T 64, C 192, 4 layers, batch 16); "gpt2" is the book's GPT_CONFIG_124M
 (untied head, 163M parameters) at T 256, batch 2.
+
+    mpirun -n 2 --bind-to none python benchmarks/bench_distributed.py --allreduce-only
+
+times the all-reduce alone on float32 buffers of 1 to 650 MB (the median of 5 after one warm-up)
+and fits t = alpha + S / beta' by least squares, for the scaling model of docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -38,7 +43,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="threads per process")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--allreduce-only", action="store_true", help="time the all-reduce alone")
     args = p.parse_args()
+    if args.allreduce_only:
+        return allreduce_only()
 
     from minigpt.config import GPT_CONFIG_124M, GPTConfig
     from minigpt.model import GPTModel
@@ -90,6 +98,33 @@ def main() -> None:
             "machine": platform.processor() or platform.machine(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }))
+
+
+def allreduce_only() -> None:
+    from minigpt.training.distributed import get_communicator
+
+    comm = get_communicator()
+    if comm.size < 2:
+        raise SystemExit("--allreduce-only needs mpirun -n 2 (or more)")
+    barrier = comm.comm.Barrier
+    rows = []
+    for mb in (1, 10, 100, 650):
+        buf = np.ones(int(mb * 1e6 / 4), dtype=np.float32)
+        times = []
+        for _ in range(6):
+            barrier()
+            t0 = time.perf_counter()
+            comm.allreduce_sum_(buf)
+            times.append(time.perf_counter() - t0)
+        rows.append((mb, float(np.median(times[1:]))))
+    if comm.is_root:
+        S = np.array([r[0] for r in rows]) * 1e6
+        t = np.array([r[1] for r in rows])
+        (inv_beta, alpha), *_ = np.linalg.lstsq(np.stack([S, np.ones_like(S)], 1), t, rcond=None)
+        print(json.dumps({"ranks": comm.size, "MB_and_seconds": rows, "fit_alpha_s": alpha,
+                          "fit_beta_GB_per_s": 1 / inv_beta / 1e9,
+                          "load_avg_1min": round(os.getloadavg()[0], 2),
+                          "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}))
 
 
 if __name__ == "__main__":
