@@ -365,15 +365,15 @@ def run(args: argparse.Namespace) -> int:
     )
     n_steps = o["max_steps"] or o["epochs"] * len(train_loader)
     say(f"text: {o['text']} ({len(text):,} characters) -> {n_tr:,} train / {n_va:,} val tokens "
-          f"({'GPT-2 BPE' if tok_ref == 'gpt2' else f'a {tokenizer.n_vocab}-token BPE trained on the text'})")
+        f"({'GPT-2 BPE' if tok_ref == 'gpt2' else f'a {tokenizer.n_vocab}-token BPE trained on the text'})")
     say(f"windows of {o['context_length']} tokens: {n_win} train ({len(train_loader)} batches of "
-          f"{o['batch_size']}), {n_vwin} val" + ("" if val_loader else " (val text shorter than one "
-                                                  "window: no val loss)"))
+        f"{o['batch_size']}), {n_vwin} val" + ("" if val_loader else " (val text shorter than one "
+                                                 "window: no val loss)"))
     say(f"model: {cfg.n_layers} layers, width {cfg.emb_dim}, {cfg.n_heads} heads, vocab "
-          f"{cfg.vocab_size:,}, {model.num_params:,} parameters ({np.dtype(dtype).name}, "
-          f"{o.get('init', 'gpt2')} initialisation)")
+        f"{cfg.vocab_size:,}, {model.num_params:,} parameters ({np.dtype(dtype).name}, "
+        f"{o.get('init', 'gpt2')} initialisation)")
     say(f"{n_steps} steps, AdamW lr {o['lr']:g}" + (f" -> {o['min_lr']:g} (cosine)" if o["min_lr"] is not None
-                                                     else "") + f", checkpoints in {run_dir}/")
+                                                    else "") + f", checkpoints in {run_dir}/")
     cli_state = {k: v for k, v in o.items() if k not in ("resume", "quick")}
     try:
         res = train(model, optimizer, train_loader, val_loader, settings=settings, tokenizer=tokenizer,
@@ -394,11 +394,11 @@ def run(args: argparse.Namespace) -> int:
         "ranks": comm.size, "allreduce_seconds": round(res.allreduce_seconds, 3),
     }
     say(f"\n{res.status} after {res.step} steps, {res.tokens_seen:,} tokens seen; last train loss "
-          f"{summary['train_loss']:.3f}" + (f", val loss {summary['val_loss']:.3f}" if val_loader else "")
-          + f"\nwall time {wall:.1f} s (training steps {res.train_seconds:.1f} s, "
-          f"{res.tokens_per_second:,.0f} tokens/s)")
+        f"{summary['train_loss']:.3f}" + (f", val loss {summary['val_loss']:.3f}" if val_loader else "")
+        + f"\nwall time {wall:.1f} s (training steps {res.train_seconds:.1f} s, "
+        f"{res.tokens_per_second:,.0f} tokens/s)")
     say(f"checkpoint: {res.checkpoint}\nlog: {run_dir / 'log.jsonl'}"
-          + (f"\nplot: {run_dir / 'losses.png'}" if (run_dir / "losses.png").exists() else ""))
+        + (f"\nplot: {run_dir / 'losses.png'}" if (run_dir / "losses.png").exists() else ""))
     say(f"generate:   minigpt generate --checkpoint {run_dir} --prompt \"{o['start_context']}\"")
     say("summary " + json.dumps(summary))
     return 130 if res.status == "interrupted" else 0
