@@ -36,6 +36,7 @@ BOOK: dict[str, Any] = {
     "epochs": 10, "max_steps": None, "eval_freq": 5, "eval_iter": 5, "checkpoint_dir": None,
     "checkpoint_every": None, "keep_last": 2, "seed": 123, "start_context": "Every effort moves you",
     "sample_tokens": 50, "sample_every": 1, "progress": True, "plot": True, "threads": None,
+    "grad_accum": 1,
 }
 
 # --quick: a 2,048-token BPE trained on the story (a 50,257-row LM head would be 90% of a small model
@@ -50,9 +51,11 @@ QUICK: dict[str, Any] = {
     "sample_every": 4, "checkpoint_dir": "runs/quick", "checkpoint_every": 50, "threads": 1,
 }
 
-# What may differ from the saved options when resuming (the rest would change the trajectory).
+# What may differ from the saved options when resuming (the rest would change the trajectory;
+# --grad-accum and the number of MPI ranks keep the global batch, so they change only the rounding).
 RESUMABLE = {"epochs", "max_steps", "eval_freq", "checkpoint_every", "keep_last", "progress", "plot",
-             "sample_tokens", "sample_every", "checkpoint_dir", "resume", "quick", "threads"}
+             "sample_tokens", "sample_every", "checkpoint_dir", "resume", "quick", "threads",
+             "grad_accum"}
 
 SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
@@ -73,6 +76,9 @@ examples:
   minigpt train --resume --checkpoint-dir runs/the-verdict
       continue a stopped run (Ctrl-C saves; after a crash or kill the latest
       checkpoint is used); it ends bit-identical to a run never stopped
+  mpirun -n 2 minigpt train --quick --checkpoint-dir runs/quick-mpi
+      data parallel over MPI (pip install -e '.[mpi]'): 2 processes, each
+      computing half of every batch of 16; see docs/distributed.md
 
 A run directory holds the checkpoints (step-*/), log.jsonl (one line per
 evaluation) and losses.png (when matplotlib is installed). See docs/training.md.
@@ -124,7 +130,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="'gpt2' (OpenAI's 50,257-token BPE, the default), a number N (train an N-token "
                         "byte-level BPE on the training split and save it with the checkpoints), or "
                         "the directory of a tokenizer saved by minigpt.Tokenizer.save")
-    d.add_argument("--batch-size", type=int, default=S, metavar="B", help="windows per step (default: 2)")
+    d.add_argument("--batch-size", type=int, default=S, metavar="B",
+                   help="windows per optimizer step, the global batch: under mpirun -n N each rank "
+                        "computes B/N of them (default: 2)")
+    d.add_argument("--grad-accum", type=int, default=S, metavar="K",
+                   help="gradient accumulation: compute each rank's part of the batch in K "
+                        "micro-batches (less memory; the same step up to rounding) (default: 1)")
     d.add_argument("--stride", type=int, default=S, metavar="N",
                    help="tokens between window starts (default: the context length, no overlap)")
     d.add_argument("--train-ratio", type=float, default=S, metavar="F",
@@ -161,8 +172,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--seed", type=int, default=S,
                    help="seeds the weights, the shuffling and the dropout (default: 123)")
     r.add_argument("--threads", type=int, default=S, metavar="N",
-                   help="threads for BLAS and the Numba kernels (default: as the environment sets "
-                        "them; 1 is often faster on a busy 2-core machine). A resumed run is "
+                   help="threads for BLAS and the Numba kernels, per process (default: as the "
+                        "environment sets them; under mpirun, the cores divided by the ranks on "
+                        "the machine; 1 is often faster on a busy 2-core machine). A resumed run is "
                         "bit-identical to an uninterrupted one only with the same setting")
     r.add_argument("--no-progress", dest="progress", action="store_false", default=S,
                    help="no progress bar (for logs)")
@@ -229,8 +241,9 @@ def load_text(name_or_path: str) -> str:
     return text
 
 
-def make_tokenizer(spec: str, train_text: str, run_dir: Path, resume: bool):
-    """(tokenizer, how a checkpoint refers to it): 'gpt2', or a directory saved in the run."""
+def make_tokenizer(spec: str, train_text: str, run_dir: Path, resume: bool, save: bool = True):
+    """(tokenizer, how a checkpoint refers to it): 'gpt2', or a directory saved in the run
+    (saved when ``save``; under MPI rank 0 trains and saves it, the others then load it)."""
     from minigpt.tokenizer import Tokenizer
 
     spec = str(spec)
@@ -249,7 +262,8 @@ def make_tokenizer(spec: str, train_text: str, run_dir: Path, resume: bool):
         tok = Tokenizer.load(spec)
     else:
         raise ValueError(f"--tokenizer must be 'gpt2', a number, or a saved tokenizer directory; got {spec!r}")
-    tok.save(str(tok_dir))
+    if save:
+        tok.save(str(tok_dir))
     return tok, "tokenizer"
 
 
@@ -302,23 +316,37 @@ def run(args: argparse.Namespace) -> int:
     from minigpt.training.optim import AdamW
     from minigpt.training.loop import NonFiniteLossError, TrainSettings, train
 
+    from minigpt.training.distributed import default_threads, get_communicator, shard
+
     t_start = time.perf_counter()
+    comm = get_communicator()
+    say = print if comm.is_root else _quiet     # rank 0 alone prints
     o = resolve_options(args)
     run_dir = Path(o["checkpoint_dir"])
     resuming = bool(o.get("resume")) and bool(list_checkpoints(run_dir))
     if not resuming and list_checkpoints(run_dir):
         raise ValueError(f"{run_dir} already holds a run; continue it with --resume, or choose "
                          "another --checkpoint-dir (or delete that one)")
-    if o.get("threads"):
+    shard(o["batch_size"], comm, o.get("grad_accum", 1))    # a batch that does not split: refused
+    comm.wait_for_all()     # every rank has looked at run_dir before rank 0 writes into it
+    threads = o.get("threads") or (default_threads(comm) if comm.size > 1 else None)
+    if threads:
         from minigpt.training.loop import set_num_threads
 
-        set_num_threads(o["threads"])
+        set_num_threads(threads)
+    if comm.size > 1:
+        _say_layout(say, comm, o)
     text = load_text(o["text"])
     from minigpt.training.data import train_val_split
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer, tok_ref = make_tokenizer(o["tokenizer"], train_val_split(text, o["train_ratio"])[0],
-                                        run_dir, resuming)
+    if comm.is_root:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    train_text = train_val_split(text, o["train_ratio"])[0]
+    if comm.is_root:
+        tokenizer, tok_ref = make_tokenizer(o["tokenizer"], train_text, run_dir, resuming)
+    comm.wait_for_all()
+    if not comm.is_root:   # load the BPE rank 0 trained (or, on another machine, train the same)
+        tokenizer, tok_ref = make_tokenizer(o["tokenizer"], train_text, run_dir, True, save=False)
     cfg = build_config(o, tokenizer.n_vocab)
     if o["context_length"] > cfg.context_length:
         raise ValueError("the context length exceeds the model's")
@@ -333,27 +361,29 @@ def run(args: argparse.Namespace) -> int:
         eval_iter=o["eval_iter"], checkpoint_dir=str(run_dir), checkpoint_every=o["checkpoint_every"],
         keep_last=o["keep_last"], seed=o["seed"], start_context=o["start_context"],
         sample_tokens=o["sample_tokens"], sample_every=o["sample_every"], plot=o["plot"],
-        progress=o["progress"],
+        progress=o["progress"], grad_accum=o.get("grad_accum", 1),
     )
     n_steps = o["max_steps"] or o["epochs"] * len(train_loader)
-    print(f"text: {o['text']} ({len(text):,} characters) -> {n_tr:,} train / {n_va:,} val tokens "
-          f"({'GPT-2 BPE' if tok_ref == 'gpt2' else f'a {tokenizer.n_vocab}-token BPE trained on the text'})")
-    print(f"windows of {o['context_length']} tokens: {n_win} train ({len(train_loader)} batches of "
-          f"{o['batch_size']}), {n_vwin} val" + ("" if val_loader else " (val text shorter than one "
-                                                  "window: no val loss)"))
-    print(f"model: {cfg.n_layers} layers, width {cfg.emb_dim}, {cfg.n_heads} heads, vocab "
-          f"{cfg.vocab_size:,}, {model.num_params:,} parameters ({np.dtype(dtype).name}, "
-          f"{o.get('init', 'gpt2')} initialisation)")
-    print(f"{n_steps} steps, AdamW lr {o['lr']:g}" + (f" -> {o['min_lr']:g} (cosine)" if o["min_lr"] is not None
-                                                     else "") + f", checkpoints in {run_dir}/")
+    say(f"text: {o['text']} ({len(text):,} characters) -> {n_tr:,} train / {n_va:,} val tokens "
+        f"({'GPT-2 BPE' if tok_ref == 'gpt2' else f'a {tokenizer.n_vocab}-token BPE trained on the text'})")
+    say(f"windows of {o['context_length']} tokens: {n_win} train ({len(train_loader)} batches of "
+        f"{o['batch_size']}), {n_vwin} val" + ("" if val_loader else " (val text shorter than one "
+                                                 "window: no val loss)"))
+    say(f"model: {cfg.n_layers} layers, width {cfg.emb_dim}, {cfg.n_heads} heads, vocab "
+        f"{cfg.vocab_size:,}, {model.num_params:,} parameters ({np.dtype(dtype).name}, "
+        f"{o.get('init', 'gpt2')} initialisation)")
+    say(f"{n_steps} steps, AdamW lr {o['lr']:g}" + (f" -> {o['min_lr']:g} (cosine)" if o["min_lr"] is not None
+                                                    else "") + f", checkpoints in {run_dir}/")
     cli_state = {k: v for k, v in o.items() if k not in ("resume", "quick")}
     try:
         res = train(model, optimizer, train_loader, val_loader, settings=settings, tokenizer=tokenizer,
                     train_eval_loader=train_eval, resume=resuming,
-                    extra_state={"cli": cli_state, "tokenizer": tok_ref})
+                    extra_state={"cli": cli_state, "tokenizer": tok_ref}, comm=comm)
     except NonFiniteLossError as e:
-        print(f"minigpt train: stopped: {e}")
+        say(f"minigpt train: stopped: {e}")
         return 1
+    if not comm.is_root:            # rank 0 reports for all
+        return 130 if res.status == "interrupted" else 0
     wall = time.perf_counter() - t_start
     summary = {
         "status": res.status, "steps": res.step, "tokens_seen": res.tokens_seen,
@@ -361,16 +391,41 @@ def run(args: argparse.Namespace) -> int:
         "val_loss": res.val_losses[-1] if res.val_losses else None,
         "train_seconds": round(res.train_seconds, 2), "wall_seconds": round(wall, 2),
         "tokens_per_second": round(res.tokens_per_second, 1), "checkpoint": res.checkpoint,
+        "ranks": comm.size, "allreduce_seconds": round(res.allreduce_seconds, 3),
     }
-    print(f"\n{res.status} after {res.step} steps, {res.tokens_seen:,} tokens seen; last train loss "
-          f"{summary['train_loss']:.3f}" + (f", val loss {summary['val_loss']:.3f}" if val_loader else "")
-          + f"\nwall time {wall:.1f} s (training steps {res.train_seconds:.1f} s, "
-          f"{res.tokens_per_second:,.0f} tokens/s)")
-    print(f"checkpoint: {res.checkpoint}\nlog: {run_dir / 'log.jsonl'}"
-          + (f"\nplot: {run_dir / 'losses.png'}" if (run_dir / "losses.png").exists() else ""))
-    print(f"generate:   minigpt generate --checkpoint {run_dir} --prompt \"{o['start_context']}\"")
-    print("summary " + json.dumps(summary))
+    say(f"\n{res.status} after {res.step} steps, {res.tokens_seen:,} tokens seen; last train loss "
+        f"{summary['train_loss']:.3f}" + (f", val loss {summary['val_loss']:.3f}" if val_loader else "")
+        + f"\nwall time {wall:.1f} s (training steps {res.train_seconds:.1f} s, "
+        f"{res.tokens_per_second:,.0f} tokens/s)")
+    say(f"checkpoint: {res.checkpoint}\nlog: {run_dir / 'log.jsonl'}"
+        + (f"\nplot: {run_dir / 'losses.png'}" if (run_dir / "losses.png").exists() else ""))
+    say(f"generate:   minigpt generate --checkpoint {run_dir} --prompt \"{o['start_context']}\"")
+    say("summary " + json.dumps(summary))
     return 130 if res.status == "interrupted" else 0
+
+
+def _say_layout(say, comm, o: dict[str, Any]) -> None:
+    """The start-up line of a data-parallel run: ranks, hosts, threads, how the batch is cut, and a
+    warning when mpirun bound a rank to fewer cores than its threads (collective: every rank calls)."""
+    import os
+
+    from minigpt import backend
+
+    threads = backend.get_threads()
+    cores = min(comm.allgather(len(os.sched_getaffinity(0))))
+    per_rank = o["batch_size"] // comm.size
+    accum = o.get("grad_accum", 1)
+    say(f"data parallel: {comm.describe()}, {threads} thread(s) per rank ("
+        f"{'--threads' if o.get('threads') else 'default: cores / ranks on the host'}); global "
+        f"batch {o['batch_size']} = {comm.size} ranks x {per_rank} windows"
+        + (f" in {accum} micro-batches of {per_rank // accum}" if accum > 1 else ""))
+    if cores < threads:
+        say(f"warning: mpirun bound each rank to {cores} core(s) but it runs {threads} threads; "
+            f"start it with --bind-to none, or --map-by slot:PE={threads}")
+
+
+def _quiet(*args, **kwargs) -> None:
+    """print for ranks other than 0."""
 
 
 # for `python -m minigpt.cli.train` (tests run it as a subprocess)

@@ -118,6 +118,18 @@ def warm_kernel_cache(dtype: type = np.float32, print_fn=None) -> bool:
     return True
 
 
+def assume_warm(dtype: type = np.float32) -> bool:
+    """For a process started after another one on the same machine warmed the cache (the MPI ranks
+    after each machine's first): load every kernel from the cache without starting a child.
+    Returns what ``warm_kernel_cache`` would."""
+    from minigpt import backend
+
+    if os.environ.get(ENV_VAR, "1") == "0" or not backend.numba_enabled() or compiled_in_process():
+        return False
+    _warmed.add(np.dtype(dtype).name)
+    return True
+
+
 def check_still_cached(print_fn=None) -> bool:
     """After training: True if this process still ran no kernel it compiled itself; otherwise a
     note names them (a kernel variant the warm-up did not reach, e.g. after a change to the layers)."""

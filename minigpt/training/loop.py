@@ -6,11 +6,22 @@ Every ``eval_freq`` steps the train and val losses are measured like the book's 
 (the mean of per-batch mean losses over the first ``eval_iter`` batches) and appended to a JSON-lines
 log; after each epoch a greedy sample is printed; a PNG of the losses is drawn at the end.
 
-Exact resume. The trajectory depends only on: the parameters, AdamW's m, v and t, the dropout RNG,
-the loader's shuffle state at the start of the current epoch and how many batches of the epoch were
-used, and the step counter. A checkpoint stores all of them, so a run killed at any moment (even
-``kill -9``) and resumed with ``resume=True`` ends with the same bits as a run never interrupted -
-given the same seed, dtype and thread settings (BLAS sums in a thread-count-dependent order).
+Exact resume. The trajectory depends only on: the parameters, AdamW's m, v and t, the loader's
+shuffle state at the start of the current epoch and how many batches of the epoch were used, and the
+step counter (the dropout masks are drawn from per-example streams seeded by (seed, step, row of the
+global batch), ``minigpt.training.example_rng``). A checkpoint stores all of them, so a run killed at
+any moment (even ``kill -9``) and resumed with ``resume=True`` ends with the same bits as a run never
+interrupted - given the same seed, dtype, thread settings (BLAS sums in a thread-count-dependent
+order), number of ranks and of accumulation steps.
+
+Data parallelism and gradient accumulation. A loader batch is the global batch of a step. Under
+``mpirun -n N`` (``minigpt.training.distributed``) each rank takes its own B / N rows of it, cut
+further into ``grad_accum`` micro-batches; each micro-batch's gradient is weighted by its share of the
+global batch's targets and summed, and one all-reduce sums the ranks' buffers: every rank then holds
+the gradient of the mean loss over the global batch and applies the same AdamW step. N ranks, K
+micro-batches and one process with the whole batch follow the same trajectory up to the order of the
+additions (docs/distributed.md). Rank 0 alone evaluates, prints, samples and writes checkpoints and
+the log.
 
 Loader protocol: iterating a loader yields ``(inputs, targets)`` int arrays of shape (B, T); ``len``
 is the number of batches per epoch; for exact resume of a shuffling loader, ``state_dict()`` taken
@@ -38,12 +49,12 @@ from minigpt.training.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     read_state,
-    rng_state,
     save_checkpoint,
-    set_rng_state,
 )
 from minigpt.inference.generate import generate, text_to_token_ids, token_ids_to_text
-from minigpt.training.kernel_cache import check_still_cached, warm_kernel_cache
+from minigpt.training.distributed import Communicator, get_communicator, shard
+from minigpt.training.example_rng import ExampleRng
+from minigpt.training.kernel_cache import assume_warm, check_still_cached, warm_kernel_cache
 from minigpt.training.optim import clip_grad_norm_, grad_norm, lr_at
 
 LOG_FILE = "log.jsonl"
@@ -196,7 +207,8 @@ class TrainSettings:
     checkpoint_dir: str | None = None
     checkpoint_every: int | None = None     # steps; None: only at the end (and on Ctrl-C)
     keep_last: int = 2
-    seed: int = 123                         # the dropout RNG
+    seed: int = 123                         # the dropout streams (ExampleRng)
+    grad_accum: int = 1                     # micro-batches per rank per step (same global batch)
     start_context: str = "Every effort moves you"
     sample_tokens: int = 50
     sample_every: int = 1                   # epochs between samples (and always after the last)
@@ -221,6 +233,7 @@ class TrainResult:
     step: int = 0                   # optimizer steps done
     tokens_seen: int = 0
     train_seconds: float = 0.0      # time inside training steps (this process)
+    allreduce_seconds: float = 0.0  # of which in the gradient all-reduce (0 for one process)
     wall_seconds: float = 0.0       # everything, evaluation and checkpoints included (this process)
     status: str = "running"         # "done", "interrupted"
     checkpoint: str | None = None
@@ -288,7 +301,6 @@ class _Position:
     epoch: int = 0
     batch_in_epoch: int = 0
     loader_state: Any = None
-    rng: np.random.Generator = field(default_factory=np.random.default_rng)
 
 
 def _total_steps(s: TrainSettings, n_batches: int) -> int:
@@ -308,8 +320,10 @@ def _total_steps(s: TrainSettings, n_batches: int) -> int:
 
 
 def _resume(ckpt_dir: Path | None, model: Any, optimizer: Any, train_loader: Any, pos: _Position,
-            res: TrainResult, out: Callable[[str], None]) -> None:
-    """Load the latest checkpoint of ``ckpt_dir`` into the model, the optimizer, ``pos`` and ``res``."""
+            res: TrainResult, s: TrainSettings, comm: Communicator,
+            out: Callable[[str], None]) -> None:
+    """Load the latest checkpoint of ``ckpt_dir`` into the model, the optimizer, ``pos`` and ``res``
+    (every rank reads it; rank 0 alone trims the log)."""
     if ckpt_dir is None:
         raise ValueError("resume needs a checkpoint directory (--checkpoint-dir)")
     if not list_checkpoints(ckpt_dir):
@@ -317,25 +331,34 @@ def _resume(ckpt_dir: Path | None, model: Any, optimizer: Any, train_loader: Any
         return
     meta = load_checkpoint(ckpt_dir, model, optimizer)
     st = meta["state"]["train"]
-    set_rng_state(pos.rng, st["rng"])
     pos.epoch, pos.batch_in_epoch, pos.loader_state = st["epoch"], st["batch_in_epoch"], st["loader_state"]
     if pos.loader_state is not None:
         train_loader.load_state_dict(pos.loader_state)
     res.step, res.tokens_seen = meta["step"], st["tokens_seen"]
     for k in ("train_losses", "val_losses", "track_tokens_seen", "eval_steps"):
         setattr(res, k, list(st[k]))
-    _truncate_log(ckpt_dir / LOG_FILE, res.step)
+    if comm.is_root:
+        _truncate_log(ckpt_dir / LOG_FILE, res.step)
     out(f"resumed from {meta['path']} at step {res.step} (epoch {pos.epoch + 1}, "
         f"batch {pos.batch_in_epoch}/{len(train_loader)})")
+    if "dropout_streams" not in st:
+        out("note: this checkpoint predates per-example dropout streams; with dropout on, the "
+            "masks from here on differ from those of the run that wrote it")
+    saved = (st.get("ranks", 1), st.get("grad_accum", 1))
+    if saved != (comm.size, s.grad_accum):
+        out(f"note: saved with {saved[0]} rank(s) x {saved[1]} accumulation step(s), resumed with "
+            f"{comm.size} x {s.grad_accum}: the same global batch, so the same trajectory up to "
+            "rounding (the order of the gradient's additions changes), not to the last bit")
 
 
-def _checkpoint_state(pos: _Position, res: TrainResult, s: TrainSettings,
+def _checkpoint_state(pos: _Position, res: TrainResult, s: TrainSettings, comm: Communicator,
                       extra_state: dict[str, Any] | None) -> dict[str, Any]:
     """The JSON part of a checkpoint: the run's position, its history and settings."""
     return {
         "train": {
             "epoch": pos.epoch, "batch_in_epoch": pos.batch_in_epoch,
-            "loader_state": pos.loader_state, "rng": rng_state(pos.rng),
+            "loader_state": pos.loader_state, "dropout_streams": "seed, step, row",
+            "ranks": comm.size, "grad_accum": s.grad_accum,
             "tokens_seen": res.tokens_seen, "train_losses": res.train_losses,
             "val_losses": res.val_losses, "track_tokens_seen": res.track_tokens_seen,
             "eval_steps": res.eval_steps, "settings": s.to_dict(),
@@ -344,17 +367,63 @@ def _checkpoint_state(pos: _Position, res: TrainResult, s: TrainSettings,
     }
 
 
-def _optimizer_step(model: Any, optimizer: Any, x: np.ndarray, y: np.ndarray, lr: float,
-                    clip: float | None, rng: np.random.Generator,
-                    last_good: Callable[[], str | None], step: int) -> tuple[float, float]:
-    """One update: forward, loss, backward, (clipping), AdamW. Returns (loss, gradient norm).
+def _n_targets(y: np.ndarray) -> int:
+    """The targets a batch's mean loss averages over (-100 marks one left out)."""
+    return int(np.count_nonzero(np.asarray(y) != -100))
 
-    The global gradient norm (before clipping) is always measured: one cheap pass that also catches
-    an overflow in the backward while the loss is still finite. A non-finite loss or norm raises
-    before AdamW runs, so the weights never see it.
+
+def batch_gradient(model: Any, x: np.ndarray, y: np.ndarray, seed: int, step: int,
+                   comm: Communicator, accum: int = 1) -> tuple[float, float]:
+    """This rank's part of the gradient of the global batch (x, y) (B, T), in ``model.flat_grads``.
+
+    Rank r takes rows [r B/N, (r+1) B/N), in ``accum`` micro-batches; micro-batch j's mean loss and
+    gradient are weighted by n_j / n (its targets over the global batch's), so that summing over
+    micro-batches and ranks gives the mean loss over the whole batch and its gradient. Dropout draws
+    from each row's own stream (``ExampleRng``: seed, step, row in the global batch). Returns
+    (weighted loss, seconds in the all-reduce); ``flat_grads`` then holds the summed gradient.
+    """
+    first, rows = shard(len(x), comm, accum)
+    n_total, micro = _n_targets(y), rows // accum
+    loss, acc = 0.0, None
+    for j in range(accum):
+        lo = first + j * micro
+        xm, ym = x[lo:lo + micro], y[lo:lo + micro]                     # (B / (N K), T)
+        w = _n_targets(ym) / n_total if n_total else 0.0
+        loss_j, _ = model.loss_and_grads(xm, ym, rng=ExampleRng(seed, step, lo, micro))
+        if w != 1.0:                                                    # 1.0: one process, K = 1
+            model.flat_grads *= model.flat_grads.dtype.type(w)
+        loss += w * loss_j if n_total else loss_j
+        if accum > 1:
+            acc = model.flat_grads.copy() if acc is None else acc + model.flat_grads
+    if acc is not None:
+        model.flat_grads[...] = acc
+    if comm.size == 1:
+        return loss, 0.0
+    t0 = time.perf_counter()
+    comm.allreduce_sum_(model.flat_grads)
+    seconds = time.perf_counter() - t0
+    return loss, seconds
+
+
+def _optimizer_step(model: Any, optimizer: Any, x: np.ndarray, y: np.ndarray, lr: float,
+                    clip: float | None, seed: int, comm: Communicator, accum: int,
+                    last_good: Callable[[], str | None], step: int,
+                    stop_requested: bool) -> tuple[float, float, float, bool]:
+    """One update: forward, loss, backward on this rank's shard, the all-reduce, (clipping), AdamW.
+
+    Returns (loss, gradient norm, all-reduce seconds, stop): the loss is the global batch's mean,
+    and ``stop`` is true when any rank was asked to stop (Ctrl-C), so that all stop after the same
+    step. The global gradient norm (before clipping) is always measured, after the all-reduce: one
+    cheap pass that also catches an overflow in the backward while the loss is still finite. A
+    non-finite loss or norm on any rank reaches every rank through the sums and raises on every
+    rank before AdamW runs, so the weights never see it.
     """
     optimizer.lr = lr
-    loss, _ = model.loss_and_grads(x, y, rng=rng)
+    loss, seconds = batch_gradient(model, x, y, seed, step, comm, accum)
+    if comm.size > 1:
+        scalars = np.array([loss, float(stop_requested)])            # (2,): one small sum for both
+        comm.allreduce_sum_(scalars)
+        loss, stop_requested = float(scalars[0]), bool(scalars[1] > 0)
     norm = clip_grad_norm_(model, clip) if clip is not None else grad_norm(model)
     if not (math.isfinite(loss) and math.isfinite(norm)):
         raise NonFiniteLossError(
@@ -362,7 +431,7 @@ def _optimizer_step(model: Any, optimizer: Any, x: np.ndarray, y: np.ndarray, lr
             f"parameters were not updated with it. Last good checkpoint: {last_good() or 'none'}. "
             "Try a lower --lr, a warmup (--warmup-steps) or gradient clipping (--clip 1.0)")
     optimizer.step(model.flat_grads)
-    return loss, norm
+    return loss, norm, seconds, stop_requested
 
 
 def _last_good(res: TrainResult, ckpt_dir: Path | None) -> str | None:
@@ -408,6 +477,7 @@ def train(
     resume: bool = False,
     extra_state: dict[str, Any] | None = None,
     print_fn: Callable[[str], None] | None = None,
+    comm: Communicator | None = None,
 ) -> TrainResult:
     """Train ``model`` with ``optimizer`` on ``train_loader``; see the module docstring.
 
@@ -418,51 +488,79 @@ def train(
             which is exact-resume safe only if iterating it does not change its shuffle state).
         resume: continue from ``settings.checkpoint_dir``'s latest checkpoint (start fresh if none).
         extra_state: JSON-able values stored in every checkpoint (the CLI keeps its arguments there).
+        comm: the ranks to train with (default: ``distributed.get_communicator()``, MPI under
+            ``mpirun``, else one process). Every rank must call ``train`` with the same arguments.
     Raises:
         NonFiniteLossError: the loss or the gradient norm is NaN/inf; nothing is saved over the last
             good checkpoint.
     """
     s = settings or TrainSettings()
+    comm = comm or get_communicator()
+    root = comm.is_root
     n_batches = len(train_loader)
     total_steps = _total_steps(s, n_batches)
     eval_loader = train_eval_loader if train_eval_loader is not None else train_loader
-    out = print_fn or print
-    # every process must run the same (cached) kernel code for an exact resume: kernel_cache.py
-    cached = warm_kernel_cache(model.flat_params.dtype.type, print_fn=out)
+    out = (print_fn or print) if root else _silent
+    # every process must run the same (cached) kernel code for an exact resume: kernel_cache.py;
+    # the first rank of each machine compiles, the others then load what it cached
+    dtype = model.flat_params.dtype.type
+    if comm.local_rank == 0:
+        cached = warm_kernel_cache(dtype, print_fn=out)
+    comm.wait_for_all()
+    if comm.local_rank != 0:
+        cached = assume_warm(dtype)
     ckpt_dir = Path(s.checkpoint_dir) if s.checkpoint_dir else None
-    log_path = ckpt_dir / LOG_FILE if ckpt_dir else None
-    if ckpt_dir:
+    log_path = ckpt_dir / LOG_FILE if ckpt_dir and root else None
+    if ckpt_dir and root:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-    pos = _Position(rng=np.random.default_rng(s.seed))   # the rng draws the dropout masks
+    pos = _Position()
     pos.loader_state = train_loader.state_dict() if hasattr(train_loader, "state_dict") else None
     res = TrainResult()
     if resume:
-        _resume(ckpt_dir, model, optimizer, train_loader, pos, res, out)
+        _resume(ckpt_dir, model, optimizer, train_loader, pos, res, s, comm, out)
     elif log_path and log_path.exists():
         log_path.unlink()  # a fresh run starts a fresh log
+    if hasattr(train_loader, "batch_size"):   # refuse a batch that does not split, before any work
+        shard(train_loader.batch_size, comm, s.grad_accum)
 
     def save() -> None:
-        if ckpt_dir is not None:
-            res.checkpoint = str(save_checkpoint(ckpt_dir, model, optimizer, step=res.step, keep_last=s.keep_last,
-                                                 state=_checkpoint_state(pos, res, s, extra_state)))
+        """Rank 0 writes the checkpoint while the others wait (sleeping, not spinning)."""
+        if ckpt_dir is None:
+            return
+        comm.check_same(model.flat_params)
+        if root:
+            res.checkpoint = str(save_checkpoint(ckpt_dir, model, optimizer, step=res.step,
+                                                 keep_last=s.keep_last,
+                                                 state=_checkpoint_state(pos, res, s, comm, extra_state)))
+        comm.wait_for_all()
 
-    bar = _progress_bar(s, total_steps, res.step)
-    out = print_fn or (bar.write if bar is not None else print)
+    bar = _progress_bar(s, total_steps, res.step) if root else None
+    out = (print_fn or (bar.write if bar is not None else print)) if root else _silent
     initial_lr = s.initial_lr if s.initial_lr is not None else s.lr / max(1, s.warmup_steps)
     t_start, tokens_this_run = time.perf_counter(), 0
     max_epochs = s.epochs if s.max_steps is None else math.inf
     try:
         with _StopFlag(out) as stop:
+            # several ranks stop only after a step in which they agreed to (else one would wait
+            # in the next all-reduce for ever); one process stops as soon as it is asked
+            agreed = {"stop": False}
+
+            def stopping() -> bool:
+                return stop.requested if comm.size == 1 else agreed["stop"]
+
             while res.step < total_steps and pos.epoch < max_epochs:
                 for x, y in _batches(train_loader, pos):
-                    if res.step >= total_steps or stop.requested:
+                    if res.step >= total_steps or stopping():
                         break
                     t0 = time.perf_counter()
                     lr = lr_at(res.step, s.lr, total_steps, s.warmup_steps, initial_lr, s.min_lr)
                     clip = s.clip if res.step >= s.warmup_steps else None   # appendix D
-                    loss, norm = _optimizer_step(model, optimizer, x, y, lr, clip, pos.rng,
-                                                 lambda: _last_good(res, ckpt_dir), res.step)
+                    loss, norm, t_ar, stop_all = _optimizer_step(
+                        model, optimizer, x, y, lr, clip, s.seed, comm, s.grad_accum,
+                        lambda: _last_good(res, ckpt_dir), res.step, stop.requested)
+                    agreed["stop"] = stop_all
                     res.train_seconds += time.perf_counter() - t0
+                    res.allreduce_seconds += t_ar
                     res.tokens_seen += int(np.asarray(x).size)
                     tokens_this_run += int(np.asarray(x).size)
                     pos.batch_in_epoch += 1
@@ -472,20 +570,24 @@ def train(
                         bar.update(1)
                         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
                     if step % s.eval_freq == 0:
-                        _evaluate(model, eval_loader, val_loader, s, res, step, pos.epoch,
-                                  {"lr": lr, "batch_loss": loss, "grad_norm": norm,
-                                   "tokens_per_s": tok_s}, log_path, out)
+                        if root:
+                            _evaluate(model, eval_loader, val_loader, s, res, step, pos.epoch,
+                                      {"lr": lr, "batch_loss": loss, "grad_norm": norm,
+                                       "tokens_per_s": tok_s, "ranks": comm.size,
+                                       "allreduce_s": res.allreduce_seconds}, log_path, out)
+                        comm.wait_for_all()
                     if s.checkpoint_every and res.step % s.checkpoint_every == 0 and res.step < total_steps:
                         save()
-                if stop.requested or res.step >= total_steps and pos.batch_in_epoch < n_batches:
+                if stopping() or res.step >= total_steps and pos.batch_in_epoch < n_batches:
                     break
                 pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0          # the epoch is complete
-                if tokenizer is not None and s.sample_tokens > 0 and (
+                if root and tokenizer is not None and s.sample_tokens > 0 and (
                         pos.epoch % max(1, s.sample_every) == 0 or res.step >= total_steps):
                     generate_and_print_sample(model, tokenizer, s.start_context, s.sample_tokens, out)
-            res.status = "interrupted" if stop.requested else "done"
+                comm.wait_for_all()
+            res.status = "interrupted" if stopping() else "done"
             save()
-            if stop.requested:
+            if stopping():
                 out(f"interrupted at step {res.step}; resume with --resume"
                     + (f" (checkpoint {res.checkpoint})" if res.checkpoint else ""))
     finally:
@@ -493,12 +595,16 @@ def train(
             bar.close()
         res.wall_seconds = time.perf_counter() - t_start
         res._tokens_this_run = tokens_this_run
-    if s.plot and ckpt_dir is not None and res.eval_steps:
+    if root and s.plot and ckpt_dir is not None and res.eval_steps:
         plot_losses(res.eval_steps, res.track_tokens_seen, res.train_losses, res.val_losses,
                     ckpt_dir / PLOT_FILE)
     if cached:
         check_still_cached(out)
     return res
+
+
+def _silent(_: str) -> None:
+    """Ranks other than 0 print nothing."""
 
 
 def _progress_bar(s: TrainSettings, total_steps: int, step: int):
