@@ -56,6 +56,14 @@ from minigpt.training.loop import (
 )
 from minigpt.training.optim import clip_grad_norm_, grad_norm
 
+
+@dataclass
+class _FinetunePosition(_Position):
+    """The loop's position plus the one generator that draws the dropout masks of a finetuning
+    run (classification batches are not split over ranks, so one stream per run suffices)."""
+
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+
 LOSS_PLOT, ACCURACY_PLOT = "loss-plot.png", "accuracy-plot.png"
 
 # --trainable: which parameters train (the book's ablation table, ch06/02_bonus_additional-experiments)
@@ -249,7 +257,7 @@ def _step(model: Any, optimizer: Any, batch, clip: float | None, rng: np.random.
     return loss
 
 
-def _resume(ckpt_dir: Path, model, optimizer, train_loader, pos: _Position, res: FinetuneResult,
+def _resume(ckpt_dir: Path, model, optimizer, train_loader, pos: _FinetunePosition, res: FinetuneResult,
             out: Callable[[str], None]) -> None:
     if not list_checkpoints(ckpt_dir):
         out(f"no checkpoint in {ckpt_dir} yet: starting a new run")
@@ -268,7 +276,7 @@ def _resume(ckpt_dir: Path, model, optimizer, train_loader, pos: _Position, res:
         f"batch {pos.batch_in_epoch}/{len(train_loader)})")
 
 
-def _state(pos: _Position, res: FinetuneResult, s: FinetuneSettings, extra: dict | None) -> dict:
+def _state(pos: _FinetunePosition, res: FinetuneResult, s: FinetuneSettings, extra: dict | None) -> dict:
     return {"finetune": {"epoch": pos.epoch, "batch_in_epoch": pos.batch_in_epoch,
                          "loader_state": pos.loader_state, "rng": rng_state(pos.rng),
                          "examples_seen": res.examples_seen, "settings": s.to_dict(),
@@ -302,7 +310,7 @@ def finetune(model: Any, optimizer: Any, train_loader: Any, val_loader: Any = No
     log_path = ckpt_dir / LOG_FILE if ckpt_dir else None
     if ckpt_dir:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-    pos = _Position(rng=np.random.default_rng(s.seed))
+    pos = _FinetunePosition(rng=np.random.default_rng(s.seed))
     pos.loader_state = train_loader.state_dict() if hasattr(train_loader, "state_dict") else None
     res = FinetuneResult()
     if resume:
