@@ -22,13 +22,21 @@ stages; each is one Numba call per thread, and between stages the threads meet o
 
 Stage 1 needs no meeting between the qkv product and the attention because a head's q, k and v
 are columns of qkv that the same thread computed. The layernorms are recomputed by every thread
-(C numbers, nothing next to the weights). One thread (or a block too small to pay for three
-hand-offs, ``MIN_SPLIT_MACS``) runs the four stages in ONE Numba call: the small bench config's
-decode was dominated by Python and dispatch, not by arithmetic.
+(C numbers, nothing next to the weights). One thread (or a block too small to pay for the
+hand-offs, ``MIN_SPLIT_MACS``) runs the same four Numba calls whole, on the calling thread: four
+calls per block instead of some twenty NumPy and Numba ops (the small bench config's decode was
+dominated by Python and dispatch, not by arithmetic). They are not merged into one Numba function:
+LLVM would inline them under one function's fast-math attributes and round differently from the
+split path (measured), and the bits would then depend on the thread count.
 
 Summation order: every output sums over k in the same order (rows of w four at a time) whatever
 its column block, and each head's attention is computed whole by one thread, so the bits do not
-depend on the thread count (tests/test_decode.py). They differ from BLAS's and the layers' NumPy
+depend on the thread count (tests/test_decode.py). For that the loops ALONG the columns are
+compiled without fastmath: with it LLVM may fuse a multiply-add into an FMA differently in the
+vectorised body and in the scalar tail of a loop, and which columns fall in the tail depends on
+the block (measured: last-bit differences between 1 and 2 threads). Reductions along a row (the
+layernorm, the LM head's dot products, attention over one head) run the same loop for every
+output and keep fastmath, which lets them vectorise. They differ from BLAS's and the layers' NumPy
 in the last bits, as any two BLAS calls do.
 
 The blocks run on ``kernels.blas``'s pool (``kernels.blas.pool()``: the threads the training
@@ -53,7 +61,7 @@ _S2PI = math.sqrt(2.0 / math.pi)
 
 
 # ----------------------------------------------------------------------------- Numba pieces
-@njit(inline="always", fastmath=FASTMATH)
+@njit(nogil=True, cache=True)           # no fastmath: see "Summation order" above
 def _gemv_acc(x, w, n0, n1, acc):
     """acc (M, n1-n0) = x (M, K) @ w[:, n0:n1]; w row-major (K, N).
 
@@ -120,7 +128,7 @@ def _layernorm(x, w, b, out):
             out[m, c] = (x[m, c] - mean) * rstd * w[c] + b[c]
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True)
 def _gemv(x, w, b, has_b, out, n0, n1):
     """out[:, n0:n1] = x @ w[:, n0:n1] (+ b[n0:n1])."""
     acc = np.empty((x.shape[0], n1 - n0), dtype=out.dtype)
@@ -188,7 +196,7 @@ def _stage_attention(x, ln_w, ln_b, w_attn, b_attn, has_b, kc, vc, t0, a, fast, 
                     a[bi, lo + j0 + d] += pj * vc[bi, hd, j, d]
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True)
 def _stage_residual(u, w, b, has_b, x, out, n0, n1):
     """Stages 2 and 4: out[:, n0:n1] = x[:, n0:n1] + u @ w[:, n0:n1] + b[n0:n1]."""
     acc = np.empty((u.shape[0], n1 - n0), dtype=out.dtype)
@@ -202,29 +210,23 @@ def _stage_residual(u, w, b, has_b, x, out, n0, n1):
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
 def _stage_mlp_up(x, ln_w, ln_b, w, b, has_b, out, fast, n0, n1):
     """Stage 3: out[:, n0:n1] = gelu(ln_2(x) @ w[:, n0:n1] + b[n0:n1]) (tanh GELU, eq. 4.1)."""
-    dt = x.dtype.type
     h = np.empty(x.shape, dtype=x.dtype)
     _layernorm(x, ln_w, ln_b, h)
     acc = np.empty((x.shape[0], n1 - n0), dtype=out.dtype)
     _gemv_acc(h, w, n0, n1, acc)
-    for m in range(x.shape[0]):
+    _bias_gelu(acc, b, has_b, out, fast, n0, n1)
+
+
+@njit(nogil=True, cache=True)           # no fastmath: the bits of a column must not depend on n0
+def _bias_gelu(acc, b, has_b, out, fast, n0, n1):
+    """out[:, n0:n1] = gelu(acc + b[n0:n1])."""
+    dt = out.dtype.type
+    for m in range(acc.shape[0]):
         for n in range(n0, n1):
             z = acc[m, n - n0] + b[n] if has_b else acc[m, n - n0]
             u = dt(_S2PI) * (z + dt(0.044715) * z * z * z)
             t = tanh32(u) if fast else np.tanh(u)
             out[m, n] = dt(0.5) * z * (dt(1.0) + t)
-
-
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
-def _block_serial(x, ln1_w, ln1_b, w_attn, b_attn, has_qkv_b, kc, vc, t0, w_proj, b_proj,
-                  ln2_w, ln2_b, w_fc, b_fc, w_mproj, b_mproj, has_b, a, x1, u, x2, fast):
-    """The four stages over all heads and columns, in one call (the same code, the same bits)."""
-    H = kc.shape[1]
-    C = x.shape[1]
-    _stage_attention(x, ln1_w, ln1_b, w_attn, b_attn, has_qkv_b, kc, vc, t0, a, fast, 0, H)
-    _stage_residual(a, w_proj, b_proj, has_b, x, x1, 0, C)
-    _stage_mlp_up(x1, ln2_w, ln2_b, w_fc, b_fc, has_b, u, fast, 0, u.shape[1])
-    _stage_residual(u, w_mproj, b_mproj, has_b, x1, x2, 0, C)
 
 
 # ----------------------------------------------------------------------------- splitting
@@ -323,10 +325,14 @@ def block_step(x, ln1_w, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_w, ln2_b, w_
     u = np.empty((B, w_fc.shape[1]), dtype=dt)
     x2 = np.empty((B, C), dtype=dt)
     pool, n = _threads_for(B * C * (3 * C + C + 2 * w_fc.shape[1]))
-    if n == 1:
-        _block_serial(x, ln1_w, ln1_b, w_attn, b_attn, has_qkv_b, k_cache, v_cache, t0, w_proj,
-                      b_proj, ln2_w, ln2_b, w_fc, b_fc, w_mproj, b_mproj, True, a, x1, u, x2, fast)
-        return x2
+    heads = _edges(H, min(n, H), 1)
+    _run(_stage_attention, (x, ln1_w, ln1_b, w_attn, b_attn, has_qkv_b, k_cache, v_cache, t0, a,
+                            fast), heads, pool)                                       # stage 1
+    _run(_stage_residual, (a, w_proj, b_proj, True, x, x1), _edges(C, n, ALIGN), pool)  # stage 2
+    _run(_stage_mlp_up, (x1, ln2_w, ln2_b, w_fc, b_fc, True, u, fast),
+         _edges(u.shape[1], n, ALIGN), pool)                                          # stage 3
+    _run(_stage_residual, (u, w_mproj, b_mproj, True, x1, x2), _edges(C, n, ALIGN), pool)  # 4
+    return x2
     heads = _edges(H, min(n, H), 1)
     _run(_stage_attention, (x, ln1_w, ln1_b, w_attn, b_attn, has_qkv_b, k_cache, v_cache, t0, a,
                             fast), heads, pool)                                       # stage 1
