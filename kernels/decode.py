@@ -152,7 +152,7 @@ def _stage_attention(x, ln_w, ln_b, w_attn, b_attn, has_b, kc, vc, t0, a, fast, 
 
     x (B, C); kc, vc (B, H, T_max, hs): row b's new key and value go to position t0."""
     B, C = x.shape
-    H, hs = kc.shape[1], kc.shape[3]
+    hs = kc.shape[3]
     dt = x.dtype.type
     scale = dt(1.0 / np.sqrt(hs))
     h = np.empty((B, C), dtype=x.dtype)
