@@ -188,7 +188,8 @@ def main() -> None:
                       + " tokens/s", flush=True)
     med = {k: args.new / float(np.median(v)) for k, v in times.items()}
     spread = {k: (args.new / max(v), args.new / min(v)) for k, v in times.items()}
-    same = sum(a == b for a, b in zip(tokens["minigpt"][0], tokens["transformers"][0]))
+    same = sum(a == b for a, b in zip(tokens["minigpt"][0], tokens["transformers"][0],
+                                          strict=True))
     print(f"config {args.config}, {args.threads} thread(s), prompt {args.prompt}, {args.new} new "
           f"tokens, {args.rounds} rounds x {args.reps} generations per side")
     for k in ("minigpt", "transformers"):
