@@ -45,6 +45,7 @@ products use, blocking instead of spinning when idle); the Numba functions relea
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -230,13 +231,14 @@ def _bias_gelu(acc, b, has_b, out, fast, n0, n1):
 
 
 # ----------------------------------------------------------------------------- splitting
-def _edges(size: int, n: int, align: int) -> list[int]:
+@functools.lru_cache(maxsize=256)
+def _edges(size: int, n: int, align: int) -> tuple[int, ...]:
     """n + 1 block edges over range(size), inner edges rounded to multiples of ``align``."""
     inner = [min(size, (size * i // n + align // 2) // align * align) for i in range(1, n)]
-    return [0] + inner + [size]
+    return (0, *inner, size)
 
 
-def _run(fn, args: tuple, edges: list[int], pool) -> None:
+def _run(fn, args: tuple, edges: tuple[int, ...], pool) -> None:
     """fn(*args, lo, hi) for each block [lo, hi) of ``edges``: the first on the calling thread, the
     others on the pool; returns when all are done."""
     futures = [pool.submit(fn, *args, edges[i], edges[i + 1]) for i in range(1, len(edges) - 1)
