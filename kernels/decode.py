@@ -241,8 +241,8 @@ def _edges(size: int, n: int, align: int) -> tuple[int, ...]:
 def _run(fn, args: tuple, edges: tuple[int, ...], pool) -> None:
     """fn(*args, lo, hi) for each block [lo, hi) of ``edges``: the first on the calling thread, the
     others on the pool; returns when all are done."""
-    futures = [pool.submit(fn, *args, edges[i], edges[i + 1]) for i in range(1, len(edges) - 1)
-               if edges[i] < edges[i + 1]] if len(edges) > 2 else []
+    futures = [pool.submit(fn, *args, lo, hi) for lo, hi in zip(edges[1:-1], edges[2:], strict=True)
+               if lo < hi]
     if edges[0] < edges[1]:
         fn(*args, edges[0], edges[1])
     for f in futures:
@@ -327,14 +327,6 @@ def block_step(x, ln1_w, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_w, ln2_b, w_
     u = np.empty((B, w_fc.shape[1]), dtype=dt)
     x2 = np.empty((B, C), dtype=dt)
     pool, n = _threads_for(B * C * (3 * C + C + 2 * w_fc.shape[1]))
-    heads = _edges(H, min(n, H), 1)
-    _run(_stage_attention, (x, ln1_w, ln1_b, w_attn, b_attn, has_qkv_b, k_cache, v_cache, t0, a,
-                            fast), heads, pool)                                       # stage 1
-    _run(_stage_residual, (a, w_proj, b_proj, True, x, x1), _edges(C, n, ALIGN), pool)  # stage 2
-    _run(_stage_mlp_up, (x1, ln2_w, ln2_b, w_fc, b_fc, True, u, fast),
-         _edges(u.shape[1], n, ALIGN), pool)                                          # stage 3
-    _run(_stage_residual, (u, w_mproj, b_mproj, True, x1, x2), _edges(C, n, ALIGN), pool)  # 4
-    return x2
     heads = _edges(H, min(n, H), 1)
     _run(_stage_attention, (x, ln1_w, ln1_b, w_attn, b_attn, has_qkv_b, k_cache, v_cache, t0, a,
                             fast), heads, pool)                                       # stage 1
