@@ -162,6 +162,14 @@ def get_threads() -> int:
     return _state["threads"]
 
 
+def pool():
+    """(the pool, the thread count): the workers ``gemm`` hands its blocks to (None with one
+    thread). ``kernels.decode`` splits its one-row products over the same threads."""
+    if not _state["configured"]:
+        set_threads(default_threads())
+    return _state["pool"], _state["threads"]
+
+
 def splitting() -> bool:
     """True when ``gemm`` splits products itself (BLAS pinned to one thread, pool of > 1)."""
     return _state["pinned"] and _state["threads"] > 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels import decode
 from kernels.blas import gemm
 
 DW_SLAB = 1 << 22  # elements (16 MiB of float32) of dW computed per product, as the layer
@@ -19,7 +20,11 @@ DW_SLAB = 1 << 22  # elements (16 MiB of float32) of dW computed per product, as
 def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None):
     """x (..., n_in), w (n_in, n_out), b (n_out,) or None -> (out (..., n_out), cache)."""
     n_in, n_out = w.shape
-    out = gemm(x.reshape(-1, n_in), w)                                # (N, n_out)
+    x2 = x.reshape(-1, n_in)                                          # (N, n_in)
+    if decode.applies(x2, w, b):                                      # a few rows (decoding):
+        out = decode.gemv(x2, w, b)                                   # split by output columns
+        return out.reshape(*x.shape[:-1], n_out), (x, w, b is not None)
+    out = gemm(x2, w)                                                 # (N, n_out)
     if b is not None:
         out += b
     return out.reshape(*x.shape[:-1], n_out), (x, w, b is not None)

@@ -143,6 +143,11 @@ def block_step(x: np.ndarray, p: dict, n_heads: int, k_cache: np.ndarray, v_cach
                t0: int) -> np.ndarray:
     """Inference with a KV cache: x (B, T, C) for new positions t0..t0+T-1 -> (B, T, C). No dropout."""
     ops = backend.ops()
+    fused = getattr(ops, "decode_block_step", None)    # the Numba path: one call per thread for T = 1
+    if fused is not None:                              # (kernels/decode.py); None: not applicable
+        out = fused(x, p, n_heads, k_cache, v_cache, t0)
+        if out is not None:
+            return out
     h, _ = ops.layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"])
     qkv, _ = _linear(ops, p, "attn.c_attn", h)
     a = ops.attention_step(qkv, n_heads, k_cache, v_cache, t0)

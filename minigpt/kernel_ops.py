@@ -28,6 +28,7 @@ from kernels.attention import (
     attention_forward_fused,
     attention_step,
 )
+from kernels import decode as _decode
 from kernels.cross_entropy import cross_entropy
 from kernels.embedding import embedding_backward
 from kernels.gelu import gelu_backward, gelu_forward
@@ -72,3 +73,24 @@ VARIANTS = {
 }
 
 __all__ += ["PAIRS", "VARIANTS"]
+
+
+# --- decoding only (no layer of that name, so not in the list above) --------------------------------
+def decode_block_step(x, p: dict, n_heads: int, k_cache, v_cache, t0: int):
+    """``minigpt.block.block_step`` for ONE new position per row, as one call per thread
+    (``kernels.decode.block_step``): x (B, 1, C) -> (B, 1, C). Returns None when that kernel does
+    not apply (several new positions, more than ``kernels.decode.MAX_ROWS`` rows, a LoRA adapter,
+    a block without its biases, mixed dtypes); the caller then runs the block op by op."""
+    B, T, C = x.shape
+    w = p["attn.c_attn.weight"]
+    if (T != 1 or B > _decode.MAX_ROWS or k_cache.shape[1] != n_heads or x.dtype != w.dtype
+            or k_cache.dtype != x.dtype or any(n.endswith("lora_A") for n in p)
+            or any(p.get(n) is None for n in ("attn.c_proj.bias", "mlp.c_fc.bias",
+                                              "mlp.c_proj.bias"))):
+        return None
+    out = _decode.block_step(
+        x.reshape(B, C), p["ln_1.weight"], p["ln_1.bias"], w, p.get("attn.c_attn.bias"),
+        p["attn.c_proj.weight"], p["attn.c_proj.bias"], p["ln_2.weight"], p["ln_2.bias"],
+        p["mlp.c_fc.weight"], p["mlp.c_fc.bias"], p["mlp.c_proj.weight"], p["mlp.c_proj.bias"],
+        k_cache, v_cache, t0)
+    return out.reshape(B, 1, C)

@@ -1,0 +1,337 @@
+"""KV-cached decoding: one new token per sequence, every product split across threads by columns.
+
+At batch 1 every product of a decode step has ONE row: x (1, K) @ W (K, N). It does K*N
+multiply-adds on K*N weights read once from memory, so it is bound by memory bandwidth, not by
+arithmetic (GPT-2 124M reads ~500 MB of float32 weights per token; docs/kernels.md, "Decoding").
+``kernels.blas.gemm`` splits products by rows, and a one-row product has nothing to split, so
+decoding ran on one core. Here each thread takes its own block of OUTPUT COLUMNS (for attention:
+its own heads) and streams only its part of the weights:
+
+    gemv(x, w, b)           x (M, K) @ w (K, N) + b -> (M, N)       any linear layer, M <= MAX_ROWS
+    gemv(x, wt.T)           x (M, K) @ wt.T     -> (M, N)           the LM head: wt = wte, (V, C)
+    block_step(x, ...)      x (B, C) -> (B, C)  one transformer block for one new position per row
+
+``block_step`` is the block of ``minigpt/block.py`` (pre-LN, eqs. 8.1-8.2) for T = 1, in four
+stages; each is one Numba call per thread, and between stages the threads meet once:
+
+    1. heads h0..h1:   ln_1(x) -> their q, k, v columns -> k, v into the cache -> attention
+                       over the cache (eq. 6.x), written into a[:, h0*hs : h1*hs]
+    2. columns n0..n1: x1 = x + a @ W_proj + b                                  (eq. 8.1)
+    3. columns n0..n1: u = gelu(ln_2(x1) @ W_fc + b)
+    4. columns n0..n1: x2 = x1 + u @ W_mproj + b                                (eq. 8.2)
+
+Stage 1 needs no meeting between the qkv product and the attention because a head's q, k and v
+are columns of qkv that the same thread computed. The layernorms are recomputed by every thread
+(C numbers, nothing next to the weights). One thread (or a block too small to pay for the
+hand-offs, ``MIN_SPLIT_MACS``) runs the same four Numba calls whole, on the calling thread: four
+calls per block instead of some twenty NumPy and Numba ops (the small bench config's decode was
+dominated by Python and dispatch, not by arithmetic). They are not merged into one Numba function:
+LLVM would inline them under one function's fast-math attributes and round differently from the
+split path (measured), and the bits would then depend on the thread count.
+
+Summation order: every output sums over k in the same order (rows of w four at a time) whatever
+its column block, and each head's attention is computed whole by one thread, so the bits do not
+depend on the thread count (tests/test_decode.py). For that the loops ALONG the columns are
+compiled without fastmath: with it LLVM may fuse a multiply-add into an FMA differently in the
+vectorised body and in the scalar tail of a loop, and which columns fall in the tail depends on
+the block (measured: last-bit differences between 1 and 2 threads). Reductions along a row (the
+layernorm, the LM head's dot products, attention over one head) run the same loop for every
+output and keep fastmath, which lets them vectorise. They differ from BLAS's and the layers' NumPy
+in the last bits, as any two BLAS calls do.
+
+The blocks run on ``kernels.blas``'s pool (``kernels.blas.pool()``: the threads the training
+products use, blocking instead of spinning when idle); the Numba functions release the GIL.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numba import njit
+
+from kernels import blas
+from kernels._fast32 import exp32, tanh32
+
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+MAX_ROWS = 8                # products with more rows go to BLAS (prefill, training)
+MIN_SPLIT_MACS = 1 << 20    # smaller products (per block: 12 C^2 B) run whole on the calling thread
+ALIGN = 16                  # column blocks start on multiples of 16 elements (64-byte lines, f32)
+_S2PI = math.sqrt(2.0 / math.pi)
+
+
+# ----------------------------------------------------------------------------- Numba pieces
+@njit(nogil=True, cache=True)           # no fastmath: see "Summation order" above
+def _gemv_acc(x, w, n0, n1, acc):
+    """acc (M, n1-n0) = x (M, K) @ w[:, n0:n1]; w row-major (K, N).
+
+    Rows of w are streamed once, four at a time, and used by every row of x while in cache; each
+    output sums over k in the same order whatever n0, n1 are."""
+    M, K = x.shape
+    nb = n1 - n0
+    acc[:, :] = 0
+    k = 0
+    while k + 4 <= K:
+        w0 = w[k, n0:n1]
+        w1 = w[k + 1, n0:n1]
+        w2 = w[k + 2, n0:n1]
+        w3 = w[k + 3, n0:n1]
+        for m in range(M):
+            x0 = x[m, k]
+            x1 = x[m, k + 1]
+            x2 = x[m, k + 2]
+            x3 = x[m, k + 3]
+            a = acc[m]
+            for n in range(nb):
+                a[n] += (x0 * w0[n] + x1 * w1[n]) + (x2 * w2[n] + x3 * w3[n])
+        k += 4
+    while k < K:
+        wk = w[k, n0:n1]
+        for m in range(M):
+            xk = x[m, k]
+            a = acc[m]
+            for n in range(nb):
+                a[n] += xk * wk[n]
+        k += 1
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _gemv_t_acc(x, wt, n0, n1, acc):
+    """acc (M, n1-n0) = x (M, K) @ wt[n0:n1].T; wt row-major (N, K): one dot per output."""
+    M, K = x.shape
+    dt = acc.dtype.type
+    for n in range(n0, n1):
+        row = wt[n]
+        for m in range(M):
+            s = dt(0.0)
+            for k in range(K):
+                s += x[m, k] * row[k]
+            acc[m, n - n0] = s
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _layernorm(x, w, b, out):
+    """out (M, C) = layernorm of each row of x (M, C), eps 1e-5 (eqs. 2.1-2.3)."""
+    M, C = x.shape
+    dt = x.dtype.type
+    for m in range(M):
+        mean = dt(0.0)
+        for c in range(C):
+            mean += x[m, c]
+        mean /= C
+        var = dt(0.0)
+        for c in range(C):
+            d = x[m, c] - mean
+            var += d * d
+        rstd = dt(1.0) / np.sqrt(var / C + dt(1e-5))
+        for c in range(C):
+            out[m, c] = (x[m, c] - mean) * rstd * w[c] + b[c]
+
+
+@njit(nogil=True, cache=True)
+def _gemv(x, w, b, has_b, out, n0, n1):
+    """out[:, n0:n1] = x @ w[:, n0:n1] (+ b[n0:n1])."""
+    acc = np.empty((x.shape[0], n1 - n0), dtype=out.dtype)
+    _gemv_acc(x, w, n0, n1, acc)
+    for m in range(x.shape[0]):
+        for n in range(n0, n1):
+            out[m, n] = acc[m, n - n0] + b[n] if has_b else acc[m, n - n0]
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _gemv_t(x, wt, out, n0, n1):
+    """out[:, n0:n1] = x @ wt[n0:n1].T."""
+    acc = np.empty((x.shape[0], n1 - n0), dtype=out.dtype)
+    _gemv_t_acc(x, wt, n0, n1, acc)
+    out[:, n0:n1] = acc
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _stage_attention(x, ln_w, ln_b, w_attn, b_attn, has_b, kc, vc, t0, a, fast, h0, h1):
+    """Stage 1 for heads h0..h1: a[:, heads] = attention(ln_1(x) @ W_attn + b) over the cache.
+
+    x (B, C); kc, vc (B, H, T_max, hs): row b's new key and value go to position t0."""
+    B, C = x.shape
+    hs = kc.shape[3]
+    dt = x.dtype.type
+    scale = dt(1.0 / np.sqrt(hs))
+    h = np.empty((B, C), dtype=x.dtype)
+    _layernorm(x, ln_w, ln_b, h)
+    lo, hi = h0 * hs, h1 * hs
+    q = np.empty((B, hi - lo), dtype=x.dtype)
+    k = np.empty((B, hi - lo), dtype=x.dtype)
+    v = np.empty((B, hi - lo), dtype=x.dtype)
+    _gemv_acc(h, w_attn, lo, hi, q)                       # q columns of these heads
+    _gemv_acc(h, w_attn, C + lo, C + hi, k)               # their k columns
+    _gemv_acc(h, w_attn, 2 * C + lo, 2 * C + hi, v)       # their v columns
+    s = np.empty(t0 + 1, dtype=x.dtype)
+    for bi in range(B):
+        for hd in range(h0, h1):
+            j0 = (hd - h0) * hs
+            for d in range(hs):
+                qb = b_attn[lo + j0 + d] if has_b else dt(0.0)
+                kb = b_attn[C + lo + j0 + d] if has_b else dt(0.0)
+                vb = b_attn[2 * C + lo + j0 + d] if has_b else dt(0.0)
+                q[bi, j0 + d] += qb
+                kc[bi, hd, t0, d] = k[bi, j0 + d] + kb
+                vc[bi, hd, t0, d] = v[bi, j0 + d] + vb
+            mx = -np.inf
+            for j in range(t0 + 1):                         # s_j = q . k_j / sqrt(hs), j <= t0
+                acc = dt(0.0)
+                for d in range(hs):
+                    acc += q[bi, j0 + d] * kc[bi, hd, j, d]
+                s[j] = acc * scale
+                mx = max(mx, s[j])
+            tot = dt(0.0)
+            for j in range(t0 + 1):
+                e = exp32(s[j] - mx) if fast else np.exp(s[j] - mx)
+                s[j] = e
+                tot += e
+            inv = dt(1.0) / tot
+            for d in range(hs):
+                a[bi, lo + j0 + d] = 0
+            for j in range(t0 + 1):                         # out = sum_j p_j v_j
+                pj = s[j] * inv
+                for d in range(hs):
+                    a[bi, lo + j0 + d] += pj * vc[bi, hd, j, d]
+
+
+@njit(nogil=True, cache=True)
+def _stage_residual(u, w, b, has_b, x, out, n0, n1):
+    """Stages 2 and 4: out[:, n0:n1] = x[:, n0:n1] + u @ w[:, n0:n1] + b[n0:n1]."""
+    acc = np.empty((u.shape[0], n1 - n0), dtype=out.dtype)
+    _gemv_acc(u, w, n0, n1, acc)
+    for m in range(u.shape[0]):
+        for n in range(n0, n1):
+            r = acc[m, n - n0] + b[n] if has_b else acc[m, n - n0]
+            out[m, n] = x[m, n] + r
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _stage_mlp_up(x, ln_w, ln_b, w, b, has_b, out, fast, n0, n1):
+    """Stage 3: out[:, n0:n1] = gelu(ln_2(x) @ w[:, n0:n1] + b[n0:n1]) (tanh GELU, eq. 4.1)."""
+    h = np.empty(x.shape, dtype=x.dtype)
+    _layernorm(x, ln_w, ln_b, h)
+    acc = np.empty((x.shape[0], n1 - n0), dtype=out.dtype)
+    _gemv_acc(h, w, n0, n1, acc)
+    _bias_gelu(acc, b, has_b, out, fast, n0, n1)
+
+
+@njit(nogil=True, cache=True)           # no fastmath: the bits of a column must not depend on n0
+def _bias_gelu(acc, b, has_b, out, fast, n0, n1):
+    """out[:, n0:n1] = gelu(acc + b[n0:n1])."""
+    dt = out.dtype.type
+    for m in range(acc.shape[0]):
+        for n in range(n0, n1):
+            z = acc[m, n - n0] + b[n] if has_b else acc[m, n - n0]
+            u = dt(_S2PI) * (z + dt(0.044715) * z * z * z)
+            t = tanh32(u) if fast else np.tanh(u)
+            out[m, n] = dt(0.5) * z * (dt(1.0) + t)
+
+
+# ----------------------------------------------------------------------------- splitting
+@functools.lru_cache(maxsize=256)
+def _edges(size: int, n: int, align: int) -> tuple[int, ...]:
+    """n + 1 block edges over range(size), inner edges rounded to multiples of ``align``."""
+    inner = [min(size, (size * i // n + align // 2) // align * align) for i in range(1, n)]
+    return (0, *inner, size)
+
+
+def _run(fn, args: tuple, edges: tuple[int, ...], pool) -> None:
+    """fn(*args, lo, hi) for each block [lo, hi) of ``edges``: the first on the calling thread, the
+    others on the pool; returns when all are done."""
+    futures = [pool.submit(fn, *args, lo, hi) for lo, hi in zip(edges[1:-1], edges[2:], strict=True)
+               if lo < hi]
+    if edges[0] < edges[1]:
+        fn(*args, edges[0], edges[1])
+    for f in futures:
+        f.result()
+
+
+def _threads_for(macs: int) -> tuple[object, int]:
+    """(pool, blocks) for a product of ``macs`` multiply-adds: one block below MIN_SPLIT_MACS."""
+    pool, n = blas.pool()
+    if pool is None or n <= 1 or macs < MIN_SPLIT_MACS:
+        return None, 1
+    return pool, n
+
+
+def _check_rows(x: np.ndarray, what: str) -> None:
+    if x.ndim != 2 or not 1 <= x.shape[0] <= MAX_ROWS:
+        raise ValueError(f"{what}: x must be (M, K) with 1 <= M <= {MAX_ROWS} rows (decoding), got "
+                         f"shape {x.shape}; larger products go through kernels.blas.gemm")
+    if x.dtype not in (np.float32, np.float64):
+        raise ValueError(f"{what}: x must be float32 or float64, got {x.dtype}")
+
+
+# ----------------------------------------------------------------------------- the entry points
+def applies(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> bool:
+    """True when ``gemv(x, w, b)`` serves this product: at most MAX_ROWS rows, one float dtype,
+    w row-major or the transpose of a row-major array (no copy needed)."""
+    return (x.ndim == 2 and x.shape[0] <= MAX_ROWS and x.dtype in (np.float32, np.float64)
+            and w.dtype == x.dtype and (b is None or b.dtype == x.dtype)
+            and (w.flags.c_contiguous or w.T.flags.c_contiguous))
+
+
+def gemv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """x (M, K) @ w (K, N) (+ b (N,)) -> (M, N), M <= MAX_ROWS, split by output columns.
+
+    ``w`` row-major (a projection) streams rows of w; ``w`` the transpose of a row-major (N, K)
+    array (the LM head, ``wte.T``) takes one dot product per output with a contiguous row."""
+    _check_rows(x, "gemv")
+    M, K = x.shape
+    if w.ndim != 2 or w.shape[0] != K:
+        raise ValueError(f"gemv: x {x.shape} and w {w.shape} do not chain (need w (K, N))")
+    N = w.shape[1]
+    if w.dtype != x.dtype or (b is not None and (b.dtype != x.dtype or b.shape != (N,))):
+        raise ValueError(f"gemv: x, w and b must share a dtype and b be (N,); got {x.dtype}, "
+                         f"{w.dtype}, {None if b is None else (b.dtype, b.shape)}")
+    x = np.ascontiguousarray(x)
+    out = np.empty((M, N), dtype=x.dtype)
+    pool, n = _threads_for(M * K * N)
+    edges = _edges(N, n, ALIGN)
+    if w.flags.c_contiguous:                                   # a projection: stream rows of w
+        has_b = b is not None
+        _run(_gemv, (x, w, b if has_b else out[0], has_b, out), edges, pool)
+    else:                                                      # the LM head: dots with rows of wt
+        wt = np.ascontiguousarray(w.T)                         # a view when w = wte.T (no copy)
+        _run(_gemv_t, (x, wt, out), edges, pool)
+        if b is not None:
+            out += b
+    return out
+
+
+def block_step(x, ln1_w, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_w, ln2_b, w_fc, b_fc,
+               w_mproj, b_mproj, k_cache, v_cache, t0: int) -> np.ndarray:
+    """One pre-LN transformer block for ONE new position per row: x (B, C) -> (B, C).
+
+    The weights as in ``minigpt/block.py`` (``x @ W`` layout; ``b_attn`` may be None: no qkv
+    bias); k_cache, v_cache (B, H, T_max, hs) receive the new keys and values at ``t0`` and the
+    attention covers positions 0..t0. No dropout (inference)."""
+    _check_rows(x, "block_step")
+    B, C = x.shape
+    H, T_max, hs = k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
+    if k_cache.shape != (B, H, T_max, hs) or v_cache.shape != k_cache.shape or H * hs != C:
+        raise ValueError(f"block_step: caches {k_cache.shape}/{v_cache.shape} do not fit x {x.shape}")
+    if not 0 <= t0 < T_max:
+        raise ValueError(f"block_step: position t0={t0} is outside the cache (max_len {T_max})")
+    x = np.ascontiguousarray(x)
+    dt = x.dtype
+    has_qkv_b = b_attn is not None
+    if not has_qkv_b:
+        b_attn = x[0]                                       # unused placeholder of the right type
+    fast = dt == np.float32
+    a = np.empty((B, C), dtype=dt)
+    x1 = np.empty((B, C), dtype=dt)
+    u = np.empty((B, w_fc.shape[1]), dtype=dt)
+    x2 = np.empty((B, C), dtype=dt)
+    pool, n = _threads_for(B * C * (3 * C + C + 2 * w_fc.shape[1]))
+    heads = _edges(H, min(n, H), 1)
+    _run(_stage_attention, (x, ln1_w, ln1_b, w_attn, b_attn, has_qkv_b, k_cache, v_cache, t0, a,
+                            fast), heads, pool)                                       # stage 1
+    _run(_stage_residual, (a, w_proj, b_proj, True, x, x1), _edges(C, n, ALIGN), pool)  # stage 2
+    _run(_stage_mlp_up, (x1, ln2_w, ln2_b, w_fc, b_fc, True, u, fast),
+         _edges(u.shape[1], n, ALIGN), pool)                                          # stage 3
+    _run(_stage_residual, (u, w_mproj, b_mproj, True, x1, x2), _edges(C, n, ALIGN), pool)  # 4
+    return x2
