@@ -49,7 +49,7 @@ def _linear(ops, p: dict, name: str, x: np.ndarray):
     if "lora_scale" not in p:
         raise ValueError(f"the block has a LoRA adapter on {name} but no 'lora_scale'; build the "
                          "model with GPTConfig(lora_rank=r, lora_alpha=alpha) (see minigpt.lora)")
-    return ops.lora_linear_forward(x, w, b, A, B, p["lora_scale"])
+    return ops.lora_linear_forward(x, w, b, A, B, p["lora_scale"], base=ops.linear_forward)
 
 
 def _linear_backward(ops, g: dict, name: str, dout: np.ndarray, cache) -> np.ndarray:

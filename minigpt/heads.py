@@ -50,7 +50,8 @@ def classifier_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, pooling: str
     if lora is None:
         logits, c_lin = ops.linear_forward(pooled, w, b)                   # (B, C) -> (B, n)     eq. 11.5
     else:
-        logits, c_lin = ops.lora_linear_forward(pooled, w, b, *lora)       # (B, C) -> (B, n)     eq. 12.1
+        logits, c_lin = ops.lora_linear_forward(pooled, w, b, *lora,       # (B, C) -> (B, n)     eq. 12.1
+                                                base=ops.linear_forward)
     return logits, (c_pool, c_lin, lora is not None)
 
 

@@ -67,15 +67,19 @@ def _pairs(A, B, n_out: int):
     return As, Bs, [(j * width, (j + 1) * width) for j in range(k)]
 
 
-def lora_linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, A, B, scale: float):
+def lora_linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, A, B, scale: float,
+                        base=linear_forward):
     """x (..., n_in), w (n_in, n_out), b (n_out,) or None, A (n_in, r), B (r, n_out), scale = alpha/r
     -> out (..., n_out) = x W + b + scale (x A) B  (eq. 12.1).
+
+    ``base``: the function that computes x W + b; the block and the head pass the backend's own
+    ``linear_forward``, so that with B = 0 the output is the plain layer's to the last bit.
 
     A and B may also be tuples of k pairs, pair j adding to output columns j*n_out/k:(j+1)*n_out/k
     (eq. 12.6; the book's separate W_query / W_key / W_value adapters on the fused c_attn).
     Cache: the base layer's cache, then one adapter cache and column block per pair.
     """
-    out, c_base = linear_forward(x, w, b)                  # (..., n_out), eq. 3.1
+    out, c_base = base(x, w, b)                            # (..., n_out), eq. 3.1
     As, Bs, cols = _pairs(A, B, w.shape[1])
     c_lora = []
     for a, bb, (lo, hi) in zip(As, Bs, cols, strict=True):
