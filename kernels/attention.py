@@ -257,12 +257,15 @@ def _heads(qkv: np.ndarray, n_heads: int):
     return heads[0], heads[1], heads[2]
 
 
-def _forward(qkv, n_heads, drop_rate, rng, blas: bool):
+def _forward(qkv, n_heads, drop_rate, rng, blas: bool, drop_mask=None):
     q, k, v = _heads(qkv, n_heads)                                    # (B, H, T, hs) views
     _check_qkv(q, k, v)
     B, H, T, hs = q.shape
-    drop_mask = None
-    if rng is not None and drop_rate > 0.0:                           # dropout_forward's mask
+    if drop_mask is not None:                                         # an earlier call's mask, again
+        if drop_mask.shape != (B, H, T, T):
+            raise ValueError(f"attention: drop_mask must be (B, H, T, T) = {(B, H, T, T)}, got "
+                             f"{drop_mask.shape}; pass the mask of the same qkv's forward")
+    elif rng is not None and drop_rate > 0.0:                         # dropout_forward's mask
         keep = rng.random((B, H, T, T)) >= drop_rate
         drop_mask = keep.astype(qkv.dtype) * qkv.dtype.type(1.0 / (1.0 - drop_rate))
     out = np.empty((B, T, H, hs), dtype=qkv.dtype)                    # written in place
@@ -284,9 +287,9 @@ def _backward(dout, cache, blas: bool):
     return dqkv.reshape(B, T, 3 * H * hs)
 
 
-def attention_forward(qkv, n_heads, drop_rate=0.0, rng=None):
+def attention_forward(qkv, n_heads, drop_rate=0.0, rng=None, drop_mask=None):
     """The layer's ``attention_forward``: qkv (B, T, 3C) -> (out (B, T, C), cache), same cache."""
-    return _forward(qkv, n_heads, drop_rate, rng, blas=qkv.shape[1] >= BLAS_MIN_T)
+    return _forward(qkv, n_heads, drop_rate, rng, blas=qkv.shape[1] >= BLAS_MIN_T, drop_mask=drop_mask)
 
 
 def attention_backward(dout, cache):
@@ -294,9 +297,9 @@ def attention_backward(dout, cache):
     return _backward(dout, cache, blas=cache[0].shape[2] >= BLAS_MIN_T)
 
 
-def attention_forward_fused(qkv, n_heads, drop_rate=0.0, rng=None):
+def attention_forward_fused(qkv, n_heads, drop_rate=0.0, rng=None, drop_mask=None):
     """``attention_forward`` on the fused head kernels whatever T."""
-    return _forward(qkv, n_heads, drop_rate, rng, blas=False)
+    return _forward(qkv, n_heads, drop_rate, rng, blas=False, drop_mask=drop_mask)
 
 
 def attention_backward_fused(dout, cache):
@@ -304,9 +307,9 @@ def attention_backward_fused(dout, cache):
     return _backward(dout, cache, blas=False)
 
 
-def attention_forward_blas(qkv, n_heads, drop_rate=0.0, rng=None):
+def attention_forward_blas(qkv, n_heads, drop_rate=0.0, rng=None, drop_mask=None):
     """``attention_forward`` on the BLAS head kernels whatever T."""
-    return _forward(qkv, n_heads, drop_rate, rng, blas=True)
+    return _forward(qkv, n_heads, drop_rate, rng, blas=True, drop_mask=drop_mask)
 
 
 def attention_backward_blas(dout, cache):

@@ -29,6 +29,7 @@ import numpy as np
 
 # Products smaller than this many multiply-adds run on the calling thread (pool hand-off ~20 us).
 MIN_SPLIT_MACS = 1 << 21
+SLAB = 1 << 22   # elements (16 MiB of float32) of a temporary product in gemm_acc's fallback
 
 _lock = threading.Lock()
 _state = {"threads": 1, "pool": None, "lib": None, "looked": False, "pinned": False,
@@ -58,7 +59,7 @@ def _openblas():
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        found = {}
+        found, found_names = {}, {}
         for key, names in {
             "set": ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
                     "openblas_set_num_threads64_", "openblas_set_num_threads"),
@@ -68,10 +69,13 @@ def _openblas():
                        "openblas_get_config64_", "openblas_get_config"),
             "core": ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
                      "openblas_get_corename64_", "openblas_get_corename"),
+            "sgemm": ("scipy_cblas_sgemm64_", "cblas_sgemm64_", "scipy_cblas_sgemm", "cblas_sgemm"),
+            "dgemm": ("scipy_cblas_dgemm64_", "cblas_dgemm64_", "scipy_cblas_dgemm", "cblas_dgemm"),
         }.items():
             for name in names:
                 if hasattr(lib, name):
                     found[key] = getattr(lib, name)
+                    found_names[key] = name
                     break
         if "set" in found and "get" in found:
             found["set"].argtypes = [ctypes.c_int]
@@ -80,6 +84,16 @@ def _openblas():
             for key in ("config", "core"):
                 if key in found:
                     found[key].restype = ctypes.c_char_p
+            for key, real in (("sgemm", ctypes.c_float), ("dgemm", ctypes.c_double)):
+                if key in found:
+                    # the integers are 64-bit in an ILP64 build (the names ending in 64_)
+                    ilp64 = found_names[key].endswith("64_")
+                    blasint = ctypes.c_int64 if ilp64 else ctypes.c_int
+                    found[key].restype = None
+                    found[key].argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                           blasint, blasint, blasint, real, ctypes.c_void_p,
+                                           blasint, ctypes.c_void_p, blasint, real,
+                                           ctypes.c_void_p, blasint]
             _state["lib"] = found
             break
     return _state["lib"]
@@ -216,6 +230,86 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndar
         np.matmul(a[lo:hi], b, out=out[lo:hi])
     else:
         np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
+    for f in futures:
+        f.result()
+    return out
+
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112   # CBLAS's enum values
+
+
+def _cblas_operand(a: np.ndarray):
+    """(transpose flag, leading dimension) of a 2-D operand for a row-major cblas call, or None
+    when neither its rows nor its columns are contiguous."""
+    item = a.itemsize
+    s0, s1 = a.strides
+    if s1 == item and s0 % item == 0 and s0 // item >= max(1, a.shape[1]):
+        return _NO_TRANS, s0 // item                                  # rows contiguous
+    if s0 == item and s1 % item == 0 and s1 // item >= max(1, a.shape[0]):
+        return _TRANS, s1 // item                                     # a is the transpose of rows
+    return None
+
+
+def _cblas_acc(fn, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
+    """out += a @ b by one cblas_?gemm call with beta = 1 (BLAS adds into out as it goes, no
+    temporary); False when an operand's layout does not suit cblas (nothing is written then)."""
+    oa, ob, oc = _cblas_operand(a), _cblas_operand(b), _cblas_operand(out)
+    if oa is None or ob is None or oc is None or oc[0] != _NO_TRANS:
+        return False
+    M, K = a.shape
+    N = b.shape[1]
+    fn(_ROW_MAJOR, oa[0], ob[0], M, N, K, 1.0, a.ctypes.data, oa[1], b.ctypes.data, ob[1], 1.0,
+       out.ctypes.data, oc[1])
+    return True
+
+
+def gemm_acc(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out += a @ b: a (M, K), b (K, N), out (M, N), all of one float dtype, out's rows contiguous.
+
+    A weight gradient accumulates dW += x^T dout over the layer's uses (a tied weight; the row
+    chunks of the LM head's loss, ``minigpt/heads.py``). With NumPy's OpenBLAS reachable this is
+    BLAS's own beta = 1 product (``cblas_sgemm``): no (M, N) temporary and no separate pass over
+    ``out``, split like ``gemm`` into one block of rows (or columns) of ``out`` per thread. Else
+    (another BLAS, odd strides) it falls back to ``out += gemm(a, b)`` in slabs of 16 MiB.
+    """
+    M, K = a.shape
+    N = b.shape[1]
+    if out.shape != (M, N) or b.shape[0] != K or not (a.dtype == b.dtype == out.dtype):
+        raise ValueError(f"gemm_acc: shapes/dtypes do not match: a {a.dtype} {a.shape}, "
+                         f"b {b.dtype} {b.shape}, out {out.dtype} {out.shape}")
+    if not _state["configured"]:
+        set_threads(default_threads())
+    lib = _state["lib"]
+    fn = None if lib is None else lib.get({np.dtype(np.float32): "sgemm",
+                                           np.dtype(np.float64): "dgemm"}.get(a.dtype, ""))
+    if fn is None or M == 0 or N == 0 or K == 0 or _cblas_operand(out) is None \
+            or _cblas_operand(out)[0] != _NO_TRANS:
+        step = max(1, SLAB // max(1, N))
+        for i in range(0, M, step):
+            out[i:i + step] += gemm(a[i:i + step], b)                 # (s, N)
+        return out
+    if lib["get"]() != 1:                           # someone raised BLAS's threads since: pin again
+        lib["set"](1)
+    n, pool = _state["threads"], _state["pool"]
+    by_rows = M >= N
+    size = M if by_rows else N
+    n = min(n, max(1, size // 16)) if pool is not None and M * K * N >= MIN_SPLIT_MACS else 1
+    edges = [size * i // n for i in range(n + 1)]
+
+    def part(i):
+        lo, hi = edges[i], edges[i + 1]
+        if by_rows:
+            ok = _cblas_acc(fn, a[lo:hi], b, out[lo:hi])
+        else:
+            ok = _cblas_acc(fn, a, b[:, lo:hi], out[:, lo:hi])
+        if not ok:                                  # a layout cblas refuses: the plain way
+            if by_rows:
+                out[lo:hi] += a[lo:hi] @ b
+            else:
+                out[:, lo:hi] += a @ b[:, lo:hi]
+
+    futures = [pool.submit(part, i) for i in range(1, n)]
+    part(0)
     for f in futures:
         f.result()
     return out

@@ -3,7 +3,7 @@ kernel of ``minigpt.layers.loss.cross_entropy`` (same name, signature and result
 
 Shapes: logits (..., V) (leading dims flattened to N rows), targets (...) int; rows whose target equals
 ``ignore_index`` (-100) count neither in the loss nor in the mean, and get a zero gradient.
-    M = number of counted rows
+    M = number of counted rows (or ``count``, the counted rows of the batch a chunk belongs to)
     loss = (1/M) sum_n [ logsumexp(z_n) - z_n[t_n] ]
     dlogits_n = (softmax(z_n) - onehot(t_n)) / M      (0 for ignored rows)
 If every row is ignored there is nothing to average: ValueError, as the layer raises (PyTorch
@@ -20,11 +20,12 @@ import numpy as np
 from numba import njit, prange
 
 from kernels._fast32 import exp32
+from minigpt.layers.loss import check_count
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
-def _check(logits: np.ndarray, targets: np.ndarray, ignore_index: int):
+def _check(logits: np.ndarray, targets: np.ndarray, ignore_index: int, count: int | None = None):
     if logits.ndim < 1 or logits.dtype not in (np.float32, np.float64):
         raise ValueError(f"cross_entropy: logits must be float32/float64 (..., V), got "
                          f"{logits.dtype} {logits.shape}")
@@ -37,7 +38,7 @@ def _check(logits: np.ndarray, targets: np.ndarray, ignore_index: int):
     counted = t != ignore_index
     if np.any((t[counted] < 0) | (t[counted] >= V)):
         raise ValueError(f"cross_entropy: target ids must be in [0, {V}) or {ignore_index}")
-    M = int(counted.sum())
+    M = check_count(int(counted.sum()), count)
     if M == 0:
         raise ValueError(f"every target equals ignore_index={ignore_index}: there is no position to "
                          "average the loss over; give at least one real target id")
@@ -73,9 +74,10 @@ def _ce(z, t, ignore_index, inv_m, out, row_loss, fast):
         out[n, tn] -= dt(inv_m)
 
 
-def cross_entropy(logits, targets, ignore_index=-100, grad=True, inplace=False):
-    """logits (..., V), targets (...) int -> (loss, dlogits (..., V) or None)."""
-    z, t, M = _check(logits, targets, ignore_index)
+def cross_entropy(logits, targets, ignore_index=-100, grad=True, inplace=False, count=None):
+    """logits (..., V), targets (...) int -> (loss, dlogits (..., V) or None). ``count``: the M to
+    divide by when the logits are one chunk of a batch (the layer's docstring)."""
+    z, t, M = _check(logits, targets, ignore_index, count)
     if inplace and logits.flags.c_contiguous:
         d = z                                                         # (N, V) view of the logits
     else:

@@ -3,8 +3,10 @@
 
 The layer's products are NumPy's ``@``, and OpenBLAS's own threads spin-wait inside every product;
 ``gemm`` pins BLAS to one thread and splits each large product into one block per thread instead
-(see ``kernels/blas.py`` for why and what it measured). The math, the dW slabs and the transposed
-``dw`` view of the LM head are the layer's, line for line (eqs. 3.1-3.4 of docs/derivations.md).
+(see ``kernels/blas.py`` for why and what it measured). The math and the transposed ``dw`` view of
+the LM head are the layer's (eqs. 3.1-3.4 of docs/derivations.md); where the layer adds dW in slabs
+of 16 MiB, the kernel has BLAS add the product into ``dw`` itself (``gemm_acc``, beta = 1): no
+temporary, one pass.
 """
 
 from __future__ import annotations
@@ -12,9 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels import decode
-from kernels.blas import gemm
-
-DW_SLAB = 1 << 22  # elements (16 MiB of float32) of dW computed per product, as the layer
+from kernels.blas import gemm, gemm_acc
 
 
 def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None):
@@ -37,14 +37,9 @@ def linear_backward(dout: np.ndarray, cache, dw: np.ndarray, db: np.ndarray | No
     x2 = x.reshape(-1, n_in)                                          # (N, n_in)
     d2 = dout.reshape(-1, n_out)                                      # (N, n_out)
     if dw.flags.f_contiguous and not dw.flags.c_contiguous:
-        dwT = dw.T                                                    # (n_out, n_in) C-contiguous
-        step = max(1, DW_SLAB // n_in)
-        for o in range(0, n_out, step):
-            dwT[o:o + step] += gemm(d2[:, o:o + step].T, x2)          # (s, n_in)
+        gemm_acc(d2.T, x2, dw.T)                                      # dW^T (n_out, n_in) += dout^T x
     else:
-        step = max(1, DW_SLAB // n_out)
-        for i in range(0, n_in, step):
-            dw[i:i + step] += gemm(x2[:, i:i + step].T, d2)           # (s, n_out)
+        gemm_acc(x2.T, d2, dw)                                        # dW (n_in, n_out) += x^T dout
     if has_bias:
         db += d2.sum(axis=0)                                          # (n_out,)
     dx = gemm(d2, w.T)                                                # (N, n_in)

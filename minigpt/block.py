@@ -78,12 +78,14 @@ def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
                   rng: np.random.Generator | None = None):
     """x (B, T, C) -> (B, T, C). Cache: what its layers' backwards need, in forward order.
 
-    Memory (docs/kernels.md, "The training step's non-GEMM work"): three kinds of activation are not
-    cached but recomputed by the backward, each by one elementwise or row pass giving the same bits:
-    the two layernorms' outputs and normalised inputs (the cache keeps each layernorm's input, one
-    (B, T, C) array instead of two), and GELU's output and tanh (the cache keeps GELU's input u,
-    one (B, T, 4C) array instead of three). The linear layers reading them keep their caches
-    without their input (``_forget_input``) and get it back in the backward.
+    Memory (docs/kernels.md, "The training step's non-GEMM work"): four kinds of activation are not
+    cached but recomputed by the backward, each by the same op on the same input, giving the same
+    bits: the two layernorms' outputs and normalised inputs (the cache keeps each layernorm's input,
+    one (B, T, C) array instead of two), GELU's output and tanh (the cache keeps GELU's input u, one
+    (B, T, 4C) array instead of three), and the attention's weights (B, H, T, T) and output (B, T, C)
+    (the cache keeps qkv, which it needs anyway, and the dropout mask, applied again). The linear
+    layers reading them keep their caches without their input (``_forget_input``) and get it back
+    in the backward.
     """
     ops = backend.ops()
     ln_1 = (x, p["ln_1.weight"], p["ln_1.bias"])          # layernorm input and parameters, kept
@@ -91,6 +93,8 @@ def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
     h, _ = ops.layernorm_forward(*ln_1)                                                    # (B, T, C)
     qkv, c_qkv = _linear(ops, p, "attn.c_attn", h)                                       # (B, T, 3C)
     a, c_att = ops.attention_forward(qkv, n_heads, drop_rate, rng)                         # (B, T, C)
+    att = (qkv, n_heads, c_att[4])         # what recomputes the attention: its input, its mask
+    del c_att                              # the weights (B, H, T, T) are not kept
     a, c_proj = _linear(ops, p, "attn.c_proj", a)                                         # (B, T, C)
     a, c_drop1 = ops.dropout_forward(a, drop_rate, rng)                                    # (B, T, C)
     x = x + a                                                                              # residual
@@ -102,7 +106,7 @@ def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
     h, c_mproj = _linear(ops, p, "mlp.c_proj", h)                                         # (B, T, C)
     h, c_drop2 = ops.dropout_forward(h, drop_rate, rng)                                    # (B, T, C)
     x = x + h                                                                              # residual
-    return x, (ln_1, _forget_input(c_qkv), c_att, c_proj, c_drop1,
+    return x, (ln_1, _forget_input(c_qkv), att, _forget_input(c_proj), c_drop1,
                ln_2, _forget_input(c_fc), u, _forget_input(c_mproj), c_drop2)
 
 
@@ -113,7 +117,7 @@ def block_backward(dx: np.ndarray, cache, g: dict) -> np.ndarray:
     *and* through the branch, so each branch's input gradient is added to dx.
     """
     ops = backend.ops()
-    ln_1, c_qkv, c_att, c_proj, c_drop1, ln_2, c_fc, u, c_mproj, c_drop2 = cache
+    ln_1, c_qkv, att, c_proj, c_drop1, ln_2, c_fc, u, c_mproj, c_drop2 = cache
     # MLP branch, last layer first; the activations the forward did not keep are recomputed
     h, c_ln2 = ops.layernorm_forward(*ln_2)          # ln_2's output (mlp.c_fc's input) and cache
     c_fc = _restore_input(c_fc, h)
@@ -131,9 +135,13 @@ def block_backward(dx: np.ndarray, cache, g: dict) -> np.ndarray:
     h, c_ln1 = ops.layernorm_forward(*ln_1)          # ln_1's output (attn.c_attn's input) and cache
     c_qkv = _restore_input(c_qkv, h)
     del h
+    qkv, n_heads, drop_mask = att                    # the attention again, with the same mask:
+    a, c_att = ops.attention_forward(qkv, n_heads, drop_mask=drop_mask)   # its weights and output
     da = ops.dropout_backward(dx, c_drop1)
-    da = _linear_backward(ops, g, "attn.c_proj", da, c_proj)
+    da = _linear_backward(ops, g, "attn.c_proj", da, _restore_input(c_proj, a))
+    del a
     dqkv = ops.attention_backward(da, c_att)
+    del c_att
     dh = _linear_backward(ops, g, "attn.c_attn", dqkv, c_qkv)
     dx = dx + ops.layernorm_backward(dh, c_ln1, g["ln_1.weight"], g["ln_1.bias"])   # eq. 8.3
     return dx

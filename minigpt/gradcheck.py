@@ -470,6 +470,25 @@ MODEL_VARIANTS: dict[str, GPTConfig] = {
 }
 
 
+def chunked_loss_model(rows: int):
+    """A ``model_cls`` for ``check_model``: GPTModel whose LM head and loss run in row chunks of
+    ``rows`` (``heads.lm_head_loss``), the path a GPT-2 vocabulary takes (a tiny vocabulary fits
+    in one chunk)."""
+    def build(cfg, seed=0, dtype=np.float64):
+        model = GPTModel(cfg, seed=seed, dtype=dtype)
+        model.loss_chunk_rows = rows
+        return model
+    return build
+
+
+# the LM head's loss in row chunks: name -> (cfg, rows per chunk). Chunks of 3 rows of B*T = 14
+# (B = 2, T = 7; targets[-1, 0] = -100): five chunks, the last of two rows, one with an ignored row
+CHUNKED_LOSS_VARIANTS: dict[str, tuple[GPTConfig, int]] = {
+    "tied, LM-head loss in row chunks of 3": (TINY.replace(tie_weights=True), 3),
+    "untied, dropout 0.2, LM-head loss in row chunks of 4": (TINY.replace(drop_rate=0.2), 4),
+}
+
+
 def lora_model(targets=None):
     """A ``model_cls`` for ``check_model``: GPTModel with LoRA rows on every block (``cfg`` must
     carry lora_rank and lora_alpha)."""
@@ -680,7 +699,28 @@ def _mean_pooling_backward_divides_by_T(dout, cache):
     return real[:, :, None] * dout[:, None, :] / shape[1]
 
 
+def _chunked_head_overwrites_dw():
+    """BUG: the LM head's loss in row chunks where each chunk's dW_head overwrites the gradient
+    instead of adding to it (only the last chunk's rows would count)."""
+    from minigpt import heads
+    real = heads.lm_head_backward
+
+    def overwrite(dlogits, cache, dw_head):
+        if dw_head is not None:
+            dw_head[...] = 0
+        return real(dlogits, cache, dw_head)
+
+    heads.lm_head_backward = overwrite
+    try:
+        cfg, rows = CHUNKED_LOSS_VARIANTS["tied, LM-head loss in row chunks of 3"]
+        return check_model(cfg.replace(tie_weights=False), model_cls=chunked_loss_model(rows),
+                           label="NEG chunked head", only="lm_head.weight")
+    finally:
+        heads.lm_head_backward = real
+
+
 NEGATIVE_CONTROLS.update({
+    "LM-head loss in row chunks whose dW_head overwrites": _chunked_head_overwrites_dw,
     "last_nonpad pooling backward into a padding position": lambda: check_op(
         "NEG pooling", *_pooling_case(np.random.default_rng(0), "last_nonpad",
                                       _pooling_backward_reads_padding)),
@@ -715,6 +755,8 @@ def run_all(include_model: bool = True, include_negative: bool = True):
             results += check_classifier_model("last_nonpad", freeze=freeze, label=key, **kw)
         for key, (cfg, targets) in LORA_MODEL_VARIANTS.items():
             results += check_model(cfg, model_cls=lora_model(targets), label=f"model ({key})")
+        for key, (cfg, rows) in CHUNKED_LOSS_VARIANTS.items():
+            results += check_model(cfg, model_cls=chunked_loss_model(rows), label=f"model ({key})")
     negatives = {}
     if include_negative:
         for name, run in NEGATIVE_CONTROLS.items():

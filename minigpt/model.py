@@ -94,6 +94,10 @@ class GPTModel:
     buffer, so for one seed the rest of the model holds the same numbers as the LM model's.
     """
 
+    # rows per chunk of the LM head's loss in ``loss`` / ``loss_and_grads`` (heads.lm_head_loss);
+    # None: chunks of at most heads.LOSS_CHUNK_BYTES of logits
+    loss_chunk_rows: int | None = None
+
     def __init__(self, cfg: GPTConfig, seed: int | None = 123, dtype=np.float32, *,
                  init: str | None = "gpt2", extra: Sequence[ParamSpec] = ()):
         if not isinstance(cfg, GPTConfig):
@@ -328,8 +332,9 @@ class GPTModel:
         return check_lengths(lengths, *idx.shape, self.cfg.pooling)
 
     # --- forward --------------------------------------------------------------------------------
-    def _forward(self, idx: np.ndarray, rng: np.random.Generator | None, keep_caches: bool,
-                 lengths: np.ndarray | None = None):
+    def _trunk_forward(self, idx: np.ndarray, rng: np.random.Generator | None, keep_caches: bool):
+        """idx (B, T) -> the final hidden states (ln_f's output, (B, T, C)) and the caches of the
+        embedding, its dropout, the blocks and ln_f (None without ``keep_caches``)."""
         cfg, p, ops = self.cfg, self.params, backend.ops()
         x, c_emb = ops.embedding_forward(idx, p["wte.weight"], p["wpe.weight"])    # (B, T) -> (B, T, C)
         x, c_drop = ops.dropout_forward(x, cfg.drop_rate, rng)                      # (B, T, C)
@@ -339,8 +344,13 @@ class GPTModel:
             if keep_caches:
                 c_blocks.append(c)
         x, c_lnf = ops.layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])       # (B, T, C)
+        return x, ((c_emb, c_drop, c_blocks, c_lnf) if keep_caches else None)
+
+    def _forward(self, idx: np.ndarray, rng: np.random.Generator | None, keep_caches: bool,
+                 lengths: np.ndarray | None = None):
+        x, trunk = self._trunk_forward(idx, rng, keep_caches)                      # (B, T, C)
         out, c_head = self._head_forward(x, lengths)             # (B, T, V), or (B, n) for a classifier
-        caches = TrainCache(c_emb, c_drop, c_blocks, c_lnf, c_head, out.shape) if keep_caches else None
+        caches = TrainCache(*trunk, c_head, out.shape) if keep_caches else None
         return out, caches
 
     def _head_forward(self, x: np.ndarray, lengths: np.ndarray | None):
@@ -418,6 +428,11 @@ class GPTModel:
         idx = self._check_idx(idx)
         targets = self._check_targets_for_head(targets, idx)
         lengths = self._check_lengths(lengths, idx)
+        if self.cfg.num_classes is None:     # the LM head's logits in row chunks (heads.lm_head_loss)
+            x, _ = self._trunk_forward(idx, rng, keep_caches=False)                # (B, T, C)
+            loss, _ = heads.lm_head_loss(x, self.head_weight(), targets, grad=False,
+                                         chunk_rows=self.loss_chunk_rows)
+            return loss
         out, _ = self._forward(idx, rng, keep_caches=False, lengths=lengths)
         loss, _ = backend.ops().cross_entropy(out, targets, grad=False)
         return loss
@@ -437,11 +452,20 @@ class GPTModel:
         """
         idx = self._check_idx(idx)
         targets = self._check_targets_for_head(targets, idx)
+        if self.cfg.num_classes is None:
+            # the LM head: its logits (B, T, V) are made, scored and differentiated a row chunk at a
+            # time, its backward folded in (heads.lm_head_loss); the whole (B, T, V) never exists
+            self._check_lengths(lengths, idx)
+            x, trunk = self._trunk_forward(idx, rng, keep_caches=True)             # (B, T, C)
+            self.zero_grad()
+            loss, dx = heads.lm_head_loss(x, self.head_weight(), targets, self._head_grad(),
+                                          chunk_rows=self.loss_chunk_rows)         # (B, T, C)
+            del x
+            return loss, self._trunk_backward(dx, TrainCache(*trunk, None, None), release=True)
         out, cache = self.forward_train(idx, rng=rng, lengths=lengths)
         loss, dout = backend.ops().cross_entropy(out, targets, inplace=True)        # over out (eq. 7.3)
         del out
-        # = self.backward(dout, cache), written out so that the (B, T, V) dlogits is freed before
-        # the blocks' backward (a test holds the two to the same bits)
+        # = self.backward(dout, cache), written out so that dout is freed before the blocks' backward
         self.zero_grad()
         dx = self._head_backward(dout, cache.head)                                  # (B, T, C)
         del dout
@@ -474,8 +498,12 @@ class GPTModel:
         return heads.classifier_backward(dout, c_head, g["out_head.weight"], g["out_head.bias"],
                                          g.get("out_head.lora_A"), g.get("out_head.lora_B"))
 
-    def _trunk_backward(self, dx: np.ndarray, cache: TrainCache) -> dict[str, np.ndarray]:
-        """dx (B, T, C) at ln_f's output -> ln_f, the blocks in reverse, the embedding; fills grads."""
+    def _trunk_backward(self, dx: np.ndarray, cache: TrainCache,
+                        release: bool = False) -> dict[str, np.ndarray]:
+        """dx (B, T, C) at ln_f's output -> ln_f, the blocks in reverse, the embedding; fills grads.
+        ``release``: drop each block's cache from ``cache.blocks`` once its backward is done (the
+        cache is the caller's own and will not be used again), so the activations shrink as the
+        backward goes down."""
         ops, g = backend.ops(), self._top_g
         dx = ops.layernorm_backward(dx, cache.lnf, g["ln_f.weight"], g["ln_f.bias"])  # (B, T, C)
         # frozen parameters: nothing below the lowest trainable layer needs a gradient, so the
@@ -484,6 +512,8 @@ class GPTModel:
         floor = self._grad_floor
         for i in reversed(range(max(floor, 0), len(cache.blocks))):
             dx = block_backward(dx, cache.blocks[i], self._blocks_g[i])        # (B, T, C)
+            if release:
+                cache.blocks[i] = None
         if floor < 0:
             dx = ops.dropout_backward(dx, cache.drop)
             dwte, dwpe = (g[n] if g[n] is not None else np.zeros_like(self.grads[n])

@@ -1,10 +1,10 @@
 """What a block's training cache keeps: the recomputed activations (GELU's output and tanh, the
-layernorms' outputs and normalised inputs, minigpt/block.py) must not creep back into it.
+layernorms' outputs and normalised inputs, the attention's weights and output, minigpt/block.py)
+must not creep back into it.
 
 The cache's distinct arrays (each underlying buffer once, parameter views left out) are counted
-against the list the backward needs: the two layernorm inputs (B, T, C), GELU's input u (B, T, 4C),
-qkv (B, T, 3C), the attention weights (B, H, T, T) and the attention output (B, T, C) that
-attn.c_proj reads. Dropout 0: no masks.
+against the list the backward needs: the two layernorm inputs (B, T, C), GELU's input u (B, T, 4C)
+and qkv (B, T, 3C). Dropout 0: no masks.
 """
 
 from __future__ import annotations
@@ -52,9 +52,12 @@ def test_block_cache_holds_only_what_the_backward_cannot_recompute(name):
     x = np.random.default_rng(0).normal(size=(B, T, C))
     with backend.use(name):
         y, cache = block_forward(x, p, H)
-        want = B * T * C * (1 + 1 + 4 + 3 + 1) + B * H * T * T
+        want = B * T * C * (1 + 1 + 4 + 3)
         assert cached_elements(cache, model.flat_params) == want
-        # negative control: the same count finds a (B, T, 4C) array put back into the cache
+        # negative controls: the same count finds a (B, T, 4C) array put back into the cache, and
+        # the attention weights (B, H, T, T) the block used to keep
         assert cached_elements((cache, np.tanh(cache[7])), model.flat_params) == want + B * T * 4 * C
+        _, c_att = backend.ops().attention_forward(cache[2][0], H)
+        assert cached_elements((cache, c_att[3]), model.flat_params) == want + B * H * T * T
         dx = block_backward(np.ones_like(y), cache, g)
     assert dx.shape == x.shape and np.isfinite(dx).all()

@@ -212,3 +212,17 @@ def test_compare_criterion():
     assert ok.passed
     bad = gc.compare("c", "t", np.array([1.0]), np.array([1.001]))
     assert not bad.passed and bad.max_abs_err == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("name", ["numba", "numpy"])
+@pytest.mark.parametrize("variant", list(gc.CHUNKED_LOSS_VARIANTS))
+def test_chunked_lm_head_loss_gradients_every_element(variant, name):
+    """The LM head and its loss in row chunks (heads.lm_head_loss, the path of a GPT-2-sized
+    vocabulary), on both backends: every element of every parameter."""
+    cfg, rows = gc.CHUNKED_LOSS_VARIANTS[variant]
+    with backend.use(name):
+        results = gc.check_model(cfg, model_cls=gc.chunked_loss_model(rows), label=variant)
+    params = GPTModel(cfg, seed=0, dtype=np.float64).params
+    assert [r.n_checked for r in results] == [p.size for p in params.values()]
+    bad = [r for r in results if not r.passed]
+    assert not bad, bad

@@ -351,3 +351,75 @@ def test_generate_refuses_a_classifier_clearly():
                     drop_rate=0.0, num_classes=2)
     with pytest.raises(ValueError, match="classification head"):
         generate(GPTModel(cfg, seed=0), np.zeros((1, 3), dtype=np.int64), max_new_tokens=2)
+
+
+# --- the LM head's loss in row chunks (heads.lm_head_loss) ---------------------------------------------
+
+def _lm(tie=True, dtype=np.float64):
+    m = GPTModel(TINY.replace(tie_weights=tie), seed=3, dtype=dtype)
+    gc._randomise(m, np.random.default_rng(3))
+    rng = np.random.default_rng(4)
+    idx = rng.integers(0, TINY.vocab_size, (3, 11))
+    targets = rng.integers(0, TINY.vocab_size, (3, 11))
+    targets[1, :] = -100                 # a whole sequence ignored: with chunks of 4 rows, chunk 3
+    targets[2, 5] = -100                 # (rows 12-15, all in sequence 1) has no counted target
+    return m, idx, targets
+
+
+@pytest.mark.parametrize("name", ["numba", "numpy"])
+@pytest.mark.parametrize("tie", [True, False])
+def test_chunked_loss_is_the_whole_loss(name, tie):
+    """Chunks of 4 rows (9 chunks over 33 rows, one without any counted target) give the loss and
+    every gradient of the unchunked head to rounding, in float64; one chunk of all the rows gives
+    the forward_train / cross_entropy / backward path bit for bit."""
+    m, idx, targets = _lm(tie)
+    with backend.use(name):
+        out, cache = m.forward_train(idx)
+        want, dout = backend.ops().cross_entropy(out, targets)
+        want_g = m.backward(dout, cache)
+        want_g = {k: v.copy() for k, v in want_g.items()}
+        m.loss_chunk_rows = 33
+        loss, g = m.loss_and_grads(idx, targets)
+        assert loss == want and all(np.array_equal(g[k], want_g[k]) for k in g)
+        m.loss_chunk_rows = 4
+        loss, g = m.loss_and_grads(idx, targets)
+        assert loss == pytest.approx(want, rel=1e-13) and m.loss(idx, targets) == loss
+        for k in g:
+            np.testing.assert_allclose(g[k], want_g[k], rtol=1e-11, atol=1e-14, err_msg=k)
+
+
+def test_chunked_loss_divides_every_chunk_by_the_whole_batch_count(monkeypatch):
+    """Control: a chunked loss that averages each chunk over its own counted targets (count not
+    passed on) is not the batch mean, and the comparison above would catch it."""
+    import minigpt.heads as heads
+    m, idx, targets = _lm()
+    with backend.use("numpy"):
+        want = m.loss(idx, targets)
+        x, _ = m._trunk_forward(idx, None, keep_caches=False)
+        real = minigpt.layers.cross_entropy
+
+        def per_chunk_mean(logits, t, grad=True, inplace=False, count=None):
+            if not (t != -100).any():
+                return 0.0, (np.zeros_like(logits) if grad else None)
+            return real(logits, t, grad=grad, inplace=inplace)
+
+        assert backend.ops().cross_entropy is real
+        good = heads.lm_head_loss(x, m.head_weight(), targets, grad=False, chunk_rows=4)[0]
+        monkeypatch.setattr(minigpt.layers, "cross_entropy", per_chunk_mean)
+        bad = heads.lm_head_loss(x, m.head_weight(), targets, grad=False, chunk_rows=4)[0]
+    assert good == pytest.approx(want, rel=1e-13)
+    assert abs(bad - want) > 1e-2
+
+
+def test_chunk_rows_for_gpt2():
+    from minigpt.heads import loss_chunk_rows
+    assert loss_chunk_rows(512, 50257, 4) == 128          # batch 4 x 128: 4 chunks of 25 MiB
+    assert loss_chunk_rows(2048, 4096, 4) == 2048         # the bench's small config: one chunk
+    assert loss_chunk_rows(7, 50257, 8) == 7
+
+
+def test_chunked_loss_refuses_all_ignored_targets():
+    m, idx, targets = _lm()
+    m.loss_chunk_rows = 4
+    with pytest.raises(ValueError, match="every target equals ignore_index"):
+        m.loss_and_grads(idx, np.full_like(targets, -100))

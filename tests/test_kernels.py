@@ -182,12 +182,22 @@ def test_layernorm(dtype, shape):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("head", [False, True])
-def test_linear(dtype, bias, head, monkeypatch):
-    """Both products split by kernels.blas; ``head``: dw a transposed view, as the LM head's."""
+@pytest.mark.parametrize("acc", ["cblas", "slabs"])
+def test_linear(dtype, bias, head, acc, monkeypatch):
+    """Both products split by kernels.blas; ``head``: dw a transposed view, as the LM head's.
+    ``acc``: dW added by BLAS itself (cblas gemm, beta = 1), or, as without a reachable OpenBLAS,
+    by temporary products in several slabs."""
     import kernels.blas
-    import kernels.linear
     monkeypatch.setattr(kernels.blas, "MIN_SPLIT_MACS", 0)     # split even these small products
-    monkeypatch.setattr(kernels.linear, "DW_SLAB", 64)         # and cut dW into several slabs
+    kernels.blas.pool()                                        # configured: _state["lib"] is final
+    lib = kernels.blas._state["lib"]
+    if acc == "slabs":
+        monkeypatch.setattr(kernels.blas, "SLAB", 64)          # cut dW into several slabs
+        if lib is not None:
+            monkeypatch.setitem(kernels.blas._state, "lib",
+                                {k: f for k, f in lib.items() if k not in ("sgemm", "dgemm")})
+    elif lib is None or "sgemm" not in lib:
+        pytest.skip("NumPy's OpenBLAS with cblas_sgemm is not reachable here")
     rng = np.random.default_rng(5)
     n_in, n_out = 9, 37
     x = rng.normal(size=(3, 7, n_in)).astype(dtype)

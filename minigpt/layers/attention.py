@@ -61,8 +61,13 @@ def causal_softmax(s: np.ndarray, t0: int = 0) -> np.ndarray:
 
 
 def attention_forward(qkv: np.ndarray, n_heads: int, drop_rate: float = 0.0,
-                      rng: np.random.Generator | None = None):
+                      rng: np.random.Generator | None = None, drop_mask: np.ndarray | None = None):
     """qkv (B, T, 3C) -> out (B, T, C). Dropout on the attention weights when rng is given.
+
+    ``drop_mask``: a dropout mask of an earlier call (its cache's fifth entry) to apply again
+    instead of drawing one, so that a recomputation repeats the forward exactly (the block's
+    backward recomputes the weights, ``minigpt/block.py``); ``drop_rate`` and ``rng`` are then
+    not used.
 
     Cache: ``(q, k, v, a, drop_cache, scale)``: the per-head q, k, v (B, H, T, hs) and the softmax
     weights a (B, H, T, T). ``a`` is the largest tensor of a block (it grows with T^2); the backward
@@ -75,7 +80,10 @@ def attention_forward(qkv: np.ndarray, n_heads: int, drop_rate: float = 0.0,
     scale = qkv.dtype.type(1.0 / math.sqrt(C // n_heads))
     s = (q @ k.transpose(0, 1, 3, 2)) * scale              # (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
     a = causal_softmax(s)                                  # (B, H, T, T), rows sum to 1
-    a_drop, drop_cache = dropout_forward(a, drop_rate, rng)
+    if drop_mask is None:
+        a_drop, drop_cache = dropout_forward(a, drop_rate, rng)
+    else:
+        a_drop, drop_cache = a * drop_mask, drop_mask      # the same mask again (eq. 5.1)
     y = a_drop @ v                                         # (B, H, T, T) @ (B, H, T, hs) -> (B, H, T, hs)
     out = merge_heads(y)                                   # (B, T, C)
     return out, (q, k, v, a, drop_cache, scale)

@@ -12,8 +12,20 @@ from __future__ import annotations
 import numpy as np
 
 
+def check_count(counted: int, count: int | None) -> int:
+    """The N to divide by: ``count`` when given (it must cover this chunk's counted targets), else
+    the counted targets themselves."""
+    if count is None:
+        return counted
+    if int(count) != count or count < max(1, counted):
+        raise ValueError(f"count={count} must be a whole number >= 1 and >= the {counted} counted "
+                         "targets of these logits: it is the number of counted targets of the "
+                         "whole batch these logits are a chunk of")
+    return int(count)
+
+
 def cross_entropy(logits: np.ndarray, targets: np.ndarray, ignore_index: int = -100,
-                  grad: bool = True, inplace: bool = False):
+                  grad: bool = True, inplace: bool = False, count: int | None = None):
     """logits (..., V), targets (...) int -> (loss, dlogits (..., V) or None).
 
     One pass over the logits computes the loss and, when ``grad``, its gradient (eq. 7.3):
@@ -24,6 +36,11 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray, ignore_index: int = -
     the kernel (``kernels/cross_entropy.py``) then saves one (B*T, V) buffer, 103 MB for GPT-2 at
     batch 4 x 128. This reference ignores it and returns a new array.
 
+    ``count``: the N of eq. 7.1 when these logits are one chunk of a larger batch (the LM head's
+    loss in row chunks, ``minigpt/heads.py``): the loss returned is the chunk's sum divided by
+    ``count``, the gradient is divided by ``count``, and the chunks' losses add up to the batch's.
+    A chunk may then hold no counted target at all.
+
     Raises ValueError when every target is ignored: there is nothing to average (PyTorch returns
     NaN; a NaN loss would be averaged into an epoch's loss silently). The kernel raises the same.
     """
@@ -31,7 +48,7 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray, ignore_index: int = -
     z = logits.reshape(-1, V)                              # (N_all, V)
     y = targets.reshape(-1)                                # (N_all,)
     counted = y != ignore_index                            # (N_all,) bool
-    n = int(counted.sum())
+    n = check_count(int(counted.sum()), count)
     if n == 0:
         raise ValueError(f"every target equals ignore_index={ignore_index}: there is no position to "
                          "average the loss over; give at least one real target id")
