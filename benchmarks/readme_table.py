@@ -43,12 +43,15 @@ def table_block(readme: str) -> tuple[int, int]:
 
 def row_key(label: str) -> tuple[str, str, str]:
     """'training step, small, 2 threads' -> ("train", "small", "") ; 'peak memory, decode, GPT-2
-    124M' -> ("memory", "gpt2", "decode"). Section from the words, config from 'small'/'GPT-2'."""
+    124M' -> ("memory", "gpt2", "decode"). Section from the words, config from 'small'/'GPT-2'/
+    'long' ('long' first: its label may say "GPT-2's vocabulary")."""
     low = label.lower()
-    config = ("gpt2" if ("gpt-2" in low or "124m" in low) else "small" if "small" in low
+    config = ("long" if re.search(r"\blong\b", low) else "gpt2" if ("gpt-2" in low or "124m" in low)
+              else "small" if "small" in low
               else "tiny" if "tiny" in low else "")             # tiny: smoke runs of this script
     if not config:
-        raise ValueError(f"speed table row {label!r}: name the config ('small' or 'GPT-2 124M')")
+        raise ValueError(f"speed table row {label!r}: name the config ('small', 'GPT-2 124M' or "
+                         "'long')")
     if "memory" in low:
         task = "decode" if "decode" in low else "train"
         return "memory", config, task
@@ -92,9 +95,10 @@ def parse_table(readme: str) -> dict:
 
 
 # --- the bench side ----------------------------------------------------------------------------------
-TRAIN_OR_DECODE = re.compile(rf"^\s+(tiny|small|gpt2)\s+\d+\s+{NUM} \[{NUM}\.\.{NUM}\]\s+{NUM} "
+CONFIG_NAMES = "tiny|small|gpt2|long"                   # the bench's configs (configs.py)
+TRAIN_OR_DECODE = re.compile(rf"^\s+({CONFIG_NAMES})\s+\d+\s+{NUM} \[{NUM}\.\.{NUM}\]\s+{NUM} "
                              rf"\[{NUM}\.\.{NUM}\]\s+{NUM} \[{NUM}\.\.{NUM}\] (!?)")
-MEMORY = re.compile(rf"^\s+(tiny|small|gpt2)\s+(train|decode)\s+{NUM} \[{NUM}\]\s+{NUM} \[{NUM}\]"
+MEMORY = re.compile(rf"^\s+({CONFIG_NAMES})\s+(train|decode)\s+{NUM} \[{NUM}\]\s+{NUM} \[{NUM}\]"
                     rf"\s+{NUM}")
 
 

@@ -20,8 +20,10 @@ after each stage. Then it builds the breakdown from the model itself:
 The sum of the parts is compared with the measured peak; the rest is the interpreter, NumPy, Numba's
 compiled kernels, and the transient arrays of the backward.
 
-``--compare``: the peak of a GPT-2 124M training step (the bench's "gpt2" config: qkv bias, tied
-head, batch 4 x 128, dropout ``--dropout``, default 0 as the bench) in fresh processes, one per
+``--compare``: the peak of a training step of a bench config (``--config``: "gpt2", GPT-2 124M with
+qkv bias and a tied head, batch 4 x 128; or "long", 4 layers of width 256 with GPT-2's vocabulary,
+batch 2 x 1024; ``--batch-size`` / ``--context-length`` / ``--n-layers`` override the config's;
+dropout ``--dropout``, default 0 as the bench) in fresh processes, one per
 ``--side NAME=PYTHON:KIND`` and round: KIND ``minigpt`` (that interpreter's installed minigpt, e.g.
 the main checkout's venv against this branch's: each saving measured as the difference) or ``torch``
 (a plain PyTorch process that never imports minigpt; the children are those of
@@ -105,20 +107,33 @@ def cache_bytes(caches, exclude: list[np.ndarray]) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--context-length", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="default: 2 (with --compare: the --config's batch)")
+    ap.add_argument("--context-length", type=int, default=None,
+                    help="default: 256 (with --compare: the --config's tokens per sequence)")
     ap.add_argument("--n-layers", type=int, default=None, help="default: the 124M shape's 12")
-    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--dropout", type=float, default=None,
+                    help="default: 0.1 as the book (with --compare: 0 as the bench)")
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compare", action="store_true",
-                    help="peaks of fresh processes per --side (gpt2 config, batch 4 x 128)")
+                    help="peaks of fresh processes per --side (the --config's model and batch)")
+    ap.add_argument("--config", choices=("gpt2", "long"), default="gpt2",
+                    help="with --compare: gpt2 (124M, batch 4 x 128) or long (V 50257, C 256, "
+                    "4 layers, batch 2 x 1024)")
     ap.add_argument("--side", action="append", default=[], help="with --compare: NAME=PYTHON:KIND")
     ap.add_argument("--rounds", type=int, default=1, help="with --compare: rounds of all sides")
     args = ap.parse_args(argv)
     if args.compare:
+        args.dropout = args.dropout if args.dropout is not None else 0.0
         return compare(args)
+    if args.config != "gpt2":
+        ap.error("--config chooses the model of --compare; without it the model is the 124M "
+                 "shape (--n-layers changes its depth)")
+    args.batch_size = args.batch_size or 2
+    args.context_length = args.context_length or 256
+    args.dropout = args.dropout if args.dropout is not None else 0.1
 
     hwm0 = proc_status("VmHWM")
     import minigpt
@@ -229,8 +244,8 @@ def compare(args) -> int:
 
     if not args.side:
         raise ValueError("--compare needs at least one --side NAME=PYTHON:KIND")
-    V, ctx, C, H, L, _, _ = CONFIGS["gpt2"]
-    cfg = (V, ctx, C, H, args.n_layers or L, args.batch_size, args.context_length)
+    V, ctx, C, H, L, B, T = CONFIGS[args.config]
+    cfg = (V, ctx, C, H, args.n_layers or L, args.batch_size or B, args.context_length or T)
     peaks: dict[str, list[float]] = defaultdict(list)
     bases: dict[str, list[float]] = defaultdict(list)
     kinds = {}
@@ -246,7 +261,7 @@ def compare(args) -> int:
             print(f"round {r + 1}: {name:10s} peak {res['peak_mb']:8,.0f} MiB  after imports "
                   f"{res['base_mb']:6,.0f} MiB  ({np.median(res['times']):.2f} s/step)", flush=True)
     print(f"\npeak resident memory (VmHWM) of a training process: {cfg[4]} layers, width {C}, vocab "
-          f"{V:,}, batch {args.batch_size} x {args.context_length}, dropout {args.dropout}, "
+          f"{V:,}, batch {cfg[5]} x {cfg[6]}, dropout {args.dropout}, "
           f"{args.steps} steps, {args.threads} threads; median of {args.rounds} round(s)")
     torch_peak = next((float(np.median(peaks[n])) for n, k in kinds.items() if k == "torch"), None)
     for name, kind in kinds.items():

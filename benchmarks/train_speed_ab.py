@@ -31,7 +31,7 @@ from statistics import median
 CONFIGS = {  # name -> (V, context, C, H, L, B, T); tied head, qkv bias, dropout 0, as the bench
     "small": (4096, 256, 256, 8, 4, 16, 128),
     "gpt2": (50257, 1024, 768, 12, 12, 4, 128),
-    "long": (4096, 1024, 256, 8, 4, 2, 1024),
+    "long": (50257, 1024, 256, 8, 4, 2, 1024),
 }
 
 MINIGPT_CHILD = r"""

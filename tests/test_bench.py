@@ -98,3 +98,43 @@ def test_train_flops_counts_the_products():
     dense = 6 * (12 * L * C * C + V * C) * B * T
     attn = 3 * L * 2 * C * (T + 1) * B * T
     assert train_flops(cfg, B, T) == pytest.approx(dense + attn)
+
+
+def test_config_long_is_t_1024_and_all_leaves_it_out(monkeypatch):
+    """--config long: GPT-2's vocabulary, a whole 1024-token context, width 256, 8 heads, 4 layers,
+    batch 2 x 1024; --config all stays small and gpt2 (the README table's rows). The report is
+    faked: only which configs reach it is checked."""
+    from minigpt.cli.bench import report
+    from minigpt.cli.bench.configs import ALL, CONFIGS
+    from minigpt.cli.dispatch import build_parser
+
+    cfg, B, T = CONFIGS["long"]
+    assert (cfg.vocab_size, cfg.context_length, cfg.emb_dim, cfg.n_heads, cfg.n_layers, B, T) == \
+        (50257, 1024, 256, 8, 4, 2, 1024)
+    assert cfg.qkv_bias and cfg.tie_weights and cfg.drop_rate == 0.0
+    seen = []
+    monkeypatch.setattr(report, "run", lambda configs, *a, **k: seen.append(configs) or {})
+    for name in ("long", "all"):
+        assert cli.main(["bench", "--config", name, "--threads", "1"]) == 0
+    assert seen == [["long"], ["small", "gpt2"]] and list(ALL) == ["small", "gpt2"]
+    parser = build_parser()
+    for name in CONFIGS:                                   # every config is selectable by name
+        assert parser.parse_args(["bench", "--config", name]).config == name
+
+
+def test_train_speed_ab_repeats_the_bench_configs():
+    """benchmarks/train_speed_ab.py keeps its own copy (its torch child needs nothing from the
+    project): the same shapes as the bench's configs."""
+    from pathlib import Path
+
+    from minigpt.cli.bench.configs import CONFIGS
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_speed_ab.py"
+    spec = importlib.util.spec_from_file_location("train_speed_ab", path)
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    assert set(ab.CONFIGS) == set(CONFIGS) - {"tiny"}
+    for name, shape in ab.CONFIGS.items():
+        cfg, B, T = CONFIGS[name]
+        assert shape == (cfg.vocab_size, cfg.context_length, cfg.emb_dim, cfg.n_heads,
+                         cfg.n_layers, B, T), name

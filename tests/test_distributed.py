@@ -1,8 +1,10 @@
 """Data parallelism: N ranks (and K accumulation steps) follow one process's trajectory.
 
 In-process checks of the arithmetic (per-example dropout streams, the weighted shards of a global
-batch, gradient accumulation), then two runs under ``mpirun -n 2`` on 127.0.0.1: float64
-equivalence with one process, and a rank killed with SIGKILL followed by a bit-identical resume.
+batch, gradient accumulation) and of the refusals (finetune and dpo under several ranks, DPO pairs
+cut by the loop), then three runs under ``mpirun -n 2`` on 127.0.0.1: float64 equivalence with one
+process (``minigpt train`` and ``minigpt instruct``), and a rank killed with SIGKILL followed by a
+bit-identical resume.
 The MPI tests need the ``mpi`` extra (``pip install -e '.[test,mpi]'``, what .ci/run installs); when
 mpirun or mpi4py is missing they FAIL with the reason (set MINIGPT_SKIP_MPI=1 to skip them on
 purpose) - a missing MPI must not look like a pass.
@@ -152,6 +154,41 @@ def test_the_command_refuses_ranks_that_do_not_split_the_batch(tmp_path, monkeyp
     assert not (tmp_path / "r").exists()              # refused before anything was written
 
 
+@pytest.mark.parametrize("command", ["finetune", "dpo"])
+def test_one_process_commands_refuse_several_ranks(command, tmp_path, monkeypatch, capsys):
+    """`mpirun -n 2 minigpt finetune|dpo ...` is refused before any work: finetune's loop does not
+    split a batch over ranks, and DPO's pairs must not be cut (without the refusal each rank would
+    run the whole job and write the same checkpoints). The communicator is faked as rank 1 of 2."""
+    import minigpt.training.distributed as d
+    from minigpt.cli import main
+
+    monkeypatch.setattr(d, "_world", Rank(1, 2))
+    run = tmp_path / "r"
+    assert main([command, "--checkpoint-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"minigpt {command} runs in one process (" in err, err
+    assert "but the MPI launcher started 2 processes" in err
+    assert "minigpt train, minigpt instruct" in err
+    assert not run.exists()
+    monkeypatch.setattr(d, "_world", SingleProcess())
+    d.refuse_ranks(command, "control")                    # one process: no refusal
+
+
+def test_the_loop_refuses_to_cut_dpo_pairs():
+    """A DPO batch is B chosen rows over B rejected rows: shards (ranks) or micro-batches would part
+    the pairs and weight the loss by targets instead of pairs, so the loop refuses both."""
+    from minigpt.training.dpo import DPOObjective
+
+    policy, reference = GPTModel(CFG, seed=0), GPTModel(CFG, seed=0)
+    objective = DPOObjective(policy, reference)
+    opt = AdamW(policy, lr=1e-3)
+    with pytest.raises(ValueError, match=r"cannot be cut into ranks or micro-batches.*2 rank\(s\)"):
+        train(objective, opt, [], settings=TrainSettings(progress=False), comm=Rank(0, 2))
+    with pytest.raises(ValueError, match=r"1 rank\(s\), grad_accum 2"):
+        train(objective, opt, [], settings=TrainSettings(grad_accum=2, progress=False),
+              comm=SingleProcess())
+
+
 def test_one_process_without_a_launcher_needs_no_mpi(monkeypatch):
     import minigpt.training.distributed as d
 
@@ -246,8 +283,8 @@ def text_file(tmp_path):
     return str(path)
 
 
-def cli(tmp_path, ranks, *args, env=None, **popen):
-    cmd = [sys.executable, "-m", "minigpt.cli", "train", *args]
+def cli(tmp_path, ranks, *args, env=None, command="train", **popen):
+    cmd = [sys.executable, "-m", "minigpt.cli", command, *args]
     if ranks:
         cmd = [mpirun(), "-n", str(ranks), "--host", f"127.0.0.1:{ranks}", "--bind-to", "none", *cmd]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -357,3 +394,37 @@ def test_mpirun_rank_killed_ends_the_job_and_resume_is_bit_identical(tmp_path):
     for k in want:
         np.testing.assert_array_equal(got[k], want[k], err_msg=f"{k} (killed at {killed_at})")
     shutil.rmtree(run)
+
+
+def instruction_file(tmp_path):
+    """40 of the book's instruction entries (34 train / 4 test / 2 val), as a .json file."""
+    import json
+
+    from minigpt.training.instruction_data import load_instruction_data
+
+    path = tmp_path / "instructions.json"
+    path.write_text(json.dumps(load_instruction_data()[:40]), encoding="utf-8")
+    return str(path)
+
+
+def test_mpirun_2_ranks_instruct_follow_one_process(tmp_path):
+    """`mpirun -n 2 minigpt instruct`: the loop splits each batch of 4 entries over the ranks
+    (padded rows, -100 targets: shards weighted by their targets), rank 0 alone prints, reports and
+    writes the responses, and the float64 parameters match one process's to 1e-12."""
+    from minigpt.training.instruction_eval import RESPONSE_FILE
+
+    args = ["--from-scratch", "--data", instruction_file(tmp_path), "--batch-size", "4",
+            "--max-steps", "3", "--eval-freq", "2", "--eval-iter", "1", "--dtype", "float64",
+            "--no-progress", "--no-plot", "--threads", "1", "--test-limit", "1",
+            "--max-new-tokens", "2"]
+    two = cli(tmp_path, 2, *args, "--checkpoint-dir", "two", command="instruct")
+    out2 = finish(two)
+    out1 = finish(cli(tmp_path, 0, *args, "--checkpoint-dir", "one", command="instruct"))
+    assert "data parallel: 2 MPI ranks on 1 host, 1 thread(s) per rank" in out2, out2
+    for once in ("summary ", "data: 40 entries", "before finetuning", "responses -> "):
+        assert out2.count(once) == 1, f"{once!r} printed {out2.count(once)} times:\n{out2}"
+    assert '"ranks": 2' in out2 and '"ranks"' not in out1
+    assert '"steps": 3' in out2 and '"steps": 3' in out1
+    assert (tmp_path / "two" / RESPONSE_FILE).exists()
+    a, b = flat(params(tmp_path / "two")), flat(params(tmp_path / "one"))
+    assert rel(a, b) < 1e-12

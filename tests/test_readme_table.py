@@ -25,6 +25,7 @@ def test_the_real_readme_table_parses():
         for config in ("small", "gpt2"):
             assert (section, config, "") in keys
     assert {("memory", c, t) for c in ("small", "gpt2") for t in ("train", "decode")} <= keys
+    assert ("train", "long", "") in keys                  # T = 1024, its own command (not 'all')
     for r in table["rows"]:
         assert r["command"].startswith("minigpt bench ")
         threads = " 1 thread" if "--threads 1" in r["command"] else " 2 threads"
@@ -41,6 +42,8 @@ def test_parse_table_refuses_what_it_cannot_read():
     with pytest.raises(ValueError, match="name the config"):
         readme_table.row_key("training step, medium, 2 threads")
     assert readme_table.row_key("peak memory, decode, GPT-2 124M") == ("memory", "gpt2", "decode")
+    assert readme_table.row_key("training step, long (GPT-2's vocabulary, T = 1024), 2 threads") \
+        == ("train", "long", "")                          # 'long' wins over the 'GPT-2' it names
 
 
 def _fake_results(monkeypatch):
@@ -99,3 +102,22 @@ def test_a_written_row_parses_back():
     first = again["rows"][0]
     assert (first["ratio"], first["minigpt"], first["torch"]) == (1.23, 6100, 4943)
     assert first["command"] == row["command"] and first["key"] == row["key"]
+
+
+def test_the_long_row_is_read_from_its_own_run_and_filled(monkeypatch, restore_global_settings):
+    """The README's 'long' row has no figures until a --write: it parses as empty, the bench's
+    'long' line is read back under its key, and the written row parses with the new values."""
+    from minigpt.cli.bench import report
+
+    text = (ROOT / "README.md").read_text("utf-8")
+    row = next(r for r in readme_table.parse_table(text)["rows"] if r["key"][1] == "long")
+    assert (row["ratio"], row["minigpt"], row["torch"]) == (None, None, None)
+    assert row["command"] == "minigpt bench --config long --only train --threads 2"
+    _fake_results(monkeypatch)
+    lines: list[str] = []
+    report.run(["long"], 3, 2, 64, {"train"}, print_fn=lines.append)
+    new = readme_table.parse_bench("\n".join(lines))[row["key"]]
+    assert (new["minigpt"], new["torch"]) == (6100, 5400)
+    again = readme_table.parse_table(text.replace(row["line"], readme_table.new_line(row, new), 1))
+    long = next(r for r in again["rows"] if r["key"] == row["key"])
+    assert (long["minigpt"], long["torch"], long["ratio"]) == (6100, 5400, round(6100 / 5400, 2))

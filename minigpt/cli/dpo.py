@@ -55,9 +55,12 @@ def run(args: argparse.Namespace) -> int:
         evaluate_dpo_loader,
     )
     from minigpt.training.instruction_data import load_preference_data, split_instruction_data
+    from minigpt.training.distributed import refuse_ranks
     from minigpt.training.loop import NonFiniteLossError, set_num_threads, train
     from minigpt.training.optim import AdamW
 
+    refuse_ranks("dpo", "a DPO batch is its chosen rows over its rejected rows, and cutting it "
+                 "into one shard per rank would part each pair")
     t_start = time.perf_counter()
     o = options(args)
     if o["threads"]:

@@ -250,9 +250,12 @@ def run(args: argparse.Namespace) -> int:
         calc_accuracy_loader,
         finetune,
     )
+    from minigpt.training.distributed import refuse_ranks
     from minigpt.training.loop import NonFiniteLossError, set_num_threads
     from minigpt.training.optim import AdamW
 
+    refuse_ranks("finetune", "its loop, minigpt.training.finetune, does not split a batch over "
+                 "ranks")
     t_start = time.perf_counter()
     o = resolve_options(args)
     run_dir = Path(o["checkpoint_dir"])

@@ -42,6 +42,9 @@ examples:
       prompt style (exercise 7.1), the prompt's targets masked (exercise 7.2)
   minigpt instruct --resume --checkpoint-dir runs/instruct
       continue a stopped run, bit-identical to one never stopped
+  mpirun -n 2 minigpt instruct --from-scratch --max-steps 60
+      data parallel over MPI (pip install -e '.[mpi]'): each rank computes half
+      of every batch; rank 0 alone prints and writes; see docs/distributed.md
 """
 
 # the small model of --from-scratch: GPT-2's vocabulary, 4 blocks of width 128
@@ -222,7 +225,11 @@ def answer_test_set(model, tokenizer, test_data, o: dict[str, Any], run_dir: Pat
 
 # --------------------------------------------------------------------------------- the command
 def run(args: argparse.Namespace) -> int:
+    """Under ``mpirun -n N`` the training loop splits every batch over the ranks
+    (``minigpt.training.distributed``); rank 0 alone loads a model first (a download happens once),
+    prints, measures the loss before, answers the test set and writes the responses."""
     from minigpt.tokenizer import Tokenizer
+    from minigpt.training.distributed import default_threads, get_communicator, shard
     from minigpt.training.instruction_data import (
         InstructionDataset,
         InstructionLoader,
@@ -233,11 +240,15 @@ def run(args: argparse.Namespace) -> int:
     from minigpt.training.optim import AdamW
 
     t_start = time.perf_counter()
+    comm = get_communicator()
+    say = print if comm.is_root else _quiet             # rank 0 alone prints
     o = options(args)
-    if o["threads"]:
-        set_num_threads(o["threads"])
+    shard(o["batch_size"], comm, 1)                     # a batch that does not split: refused
+    threads = o["threads"] or (default_threads(comm) if comm.size > 1 else None)
+    if threads:
+        set_num_threads(threads)
     run_dir = Path(o["checkpoint_dir"])
-    model, source = load_start_model(o)
+    model, source = root_first(comm, lambda: load_start_model(o))
     tok = Tokenizer.gpt2()
     data = load_instruction_data(o["data"])
     train_data, test_data, val_data = split_instruction_data(data)
@@ -249,37 +260,61 @@ def run(args: argparse.Namespace) -> int:
                                      seed=o["seed"], **kw)
     train_eval = InstructionLoader(train_ds, o["batch_size"], **kw)
     val_loader = InstructionLoader(val_ds, o["batch_size"], **kw) if len(val_ds) else None
-    print(f"data: {len(data)} entries -> {len(train_data)} train / {len(val_data)} val / "
-          f"{len(test_data)} test; {len(train_loader)} batches of {o['batch_size']} per epoch")
-    print(f"model: {source}: {model.cfg.n_layers} layers, width {model.cfg.emb_dim}, "
-          f"{model.num_params:,} parameters ({o['dtype']})")
-    if not o.get("resuming"):
+    if comm.size > 1:
+        ranks = comm.describe()                         # collective: every rank calls it
+        say(f"data parallel: {ranks}, {threads} thread(s) per rank; global batch "
+            f"{o['batch_size']} = {comm.size} ranks x {o['batch_size'] // comm.size} entries")
+    say(f"data: {len(data)} entries -> {len(train_data)} train / {len(val_data)} val / "
+        f"{len(test_data)} test; {len(train_loader)} batches of {o['batch_size']} per epoch")
+    say(f"model: {source}: {model.cfg.n_layers} layers, width {model.cfg.emb_dim}, "
+        f"{model.num_params:,} parameters ({o['dtype']})")
+    if not o.get("resuming") and comm.is_root:
         vl = calc_loss_loader(val_loader, model, 5) if val_loader else float("nan")
-        print(f"before finetuning: val loss {vl:.4f} over 5 batches (book, gpt2-medium: 3.7619)")
+        say(f"before finetuning: val loss {vl:.4f} over 5 batches (book, gpt2-medium: 3.7619)")
+    comm.wait_for_all()
     optimizer = AdamW(model, lr=o["lr"], weight_decay=o["weight_decay"])
     cli = {k: v for k, v in o.items() if k not in ("resume", "resuming")}
     try:
         res = train(model, optimizer, train_loader, val_loader, settings=settings_from(o),
                     train_eval_loader=train_eval, resume=bool(o.get("resuming")),
-                    extra_state={"cli": cli, "tokenizer": "gpt2"})
+                    extra_state={"cli": cli, "tokenizer": "gpt2"}, comm=comm)
     except NonFiniteLossError as e:
-        print(f"minigpt instruct: stopped: {e}")
+        say(f"minigpt instruct: stopped: {e}")
         return 1
-    print(f"\n{res.status} after {res.step} steps in {res.train_seconds:.1f} s of training; last "
-          f"train loss {res.train_losses[-1]:.3f}, val loss {res.val_losses[-1]:.3f}"
-          if res.train_losses else f"{res.status} after {res.step} steps")
+    if not comm.is_root:                                # rank 0 answers and reports for all
+        comm.wait_for_all()
+        return 130 if res.status == "interrupted" else 0
+    say(f"\n{res.status} after {res.step} steps in {res.train_seconds:.1f} s of training; last "
+        f"train loss {res.train_losses[-1]:.3f}, val loss {res.val_losses[-1]:.3f}"
+        if res.train_losses else f"{res.status} after {res.step} steps")
     summary = {"status": res.status, "steps": res.step,
                "train_loss": res.train_losses[-1] if res.train_losses else None,
                "val_loss": res.val_losses[-1] if res.val_losses else None,
                "checkpoint": res.checkpoint}
+    if comm.size > 1:
+        summary["ranks"] = comm.size
     if res.status == "done" and o["responses"]:
         summary["scores"] = answer_test_set(model, tok, test_data, o, run_dir)
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     summary["peak_rss_mib"] = round(peak_rss_mib(), 1)
-    print(f"wall time {summary['wall_seconds']} s, peak memory {summary['peak_rss_mib']} MiB")
-    print("summary " + json.dumps(summary))
+    say(f"wall time {summary['wall_seconds']} s, peak memory {summary['peak_rss_mib']} MiB")
+    say("summary " + json.dumps(summary))
+    comm.wait_for_all()
     return 130 if res.status == "interrupted" else 0
 
+
+def root_first(comm, load):
+    """``load()`` on rank 0, then on the other ranks: a download or a cache is written once."""
+    if not comm.is_root:
+        comm.wait_for_all()
+    out = load()
+    if comm.is_root:
+        comm.wait_for_all()
+    return out
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    """print for ranks other than 0."""
 
 if __name__ == "__main__":
     import sys

@@ -147,6 +147,20 @@ def get_communicator() -> Communicator:
     return _world
 
 
+def refuse_ranks(command: str, why: str) -> None:
+    """Raise ValueError when an MPI launcher started ``command`` as several processes.
+
+    For the commands that run in one process (``minigpt finetune``, ``minigpt dpo``): under
+    ``mpirun -n N`` each rank would run the whole job, print everything N times and write the same
+    checkpoints. ``why`` says what keeps the command in one process."""
+    comm = get_communicator()
+    if comm.size > 1:
+        raise ValueError(f"minigpt {command} runs in one process ({why}), but the MPI launcher "
+                         f"started {comm.size} processes: each would run the whole job and write "
+                         "the same checkpoints. Run it without mpirun (data parallel over MPI: "
+                         "minigpt train, minigpt instruct)")
+
+
 def default_threads(comm: Communicator, cores: int | None = None) -> int:
     """Threads per rank so that ranks x threads on this machine does not exceed its cores."""
     cores = cores or os.cpu_count() or 1

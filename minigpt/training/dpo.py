@@ -150,6 +150,9 @@ class DPOObjective:
     """
 
     loss_backward = staticmethod(dpo_loss_backward)     # eq. 13.4 (a negative control swaps it)
+    # the training loop must not cut a batch into ranks or micro-batches: row i (chosen) and row
+    # B + i (rejected) are one pair, and the loss is a mean over pairs, not over targets
+    rows_can_be_split = False
 
     def __init__(self, policy: Any, reference: Any, beta: float = 0.1):
         if reference is policy or np.shares_memory(reference.flat_params, policy.flat_params):

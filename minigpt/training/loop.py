@@ -21,7 +21,9 @@ global batch's targets and summed, and one all-reduce sums the ranks' buffers: e
 the gradient of the mean loss over the global batch and applies the same AdamW step. N ranks, K
 micro-batches and one process with the whole batch follow the same trajectory up to the order of the
 additions (docs/distributed.md). Rank 0 alone evaluates, prints, samples and writes checkpoints and
-the log.
+the log. A model whose batch rows are not independent examples says so with ``rows_can_be_split =
+False`` (``DPOObjective``: row i and row B + i are one pair); it is refused under several ranks or
+micro-batches.
 
 Loader protocol: iterating a loader yields ``(inputs, targets)`` int arrays of shape (B, T); ``len``
 is the number of batches per epoch; for exact resume of a shuffling loader, ``state_dict()`` taken
@@ -497,6 +499,11 @@ def train(
     s = settings or TrainSettings()
     comm = comm or get_communicator()
     root = comm.is_root
+    if (comm.size > 1 or s.grad_accum > 1) and not getattr(model, "rows_can_be_split", True):
+        raise ValueError(f"{type(model).__name__}'s batches cannot be cut into ranks or "
+                         f"micro-batches (its rows are not independent examples; {comm.size} "
+                         f"rank(s), grad_accum {s.grad_accum}): train it in one process with "
+                         "grad_accum 1")
     n_batches = len(train_loader)
     total_steps = _total_steps(s, n_batches)
     eval_loader = train_eval_loader if train_eval_loader is not None else train_loader

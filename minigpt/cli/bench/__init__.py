@@ -30,10 +30,11 @@ SECTIONS = ("kernels", "train", "decode", "memory", "profile", "startup")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="all", choices=["tiny", "small", "gpt2", "all"],
+    parser.add_argument("--config", default="all", choices=["tiny", "small", "gpt2", "long", "all"],
                         help="model/batch: small (V 4096, ctx 256, C 256, 8 heads, 4 layers, "
-                        "batch 16x128), gpt2 (124M, batch 4x128), all = small and gpt2, tiny = "
-                        "a smoke test")
+                        "batch 16x128), gpt2 (124M, batch 4x128), long (V 50257, ctx 1024, C 256, "
+                        "8 heads, 4 layers, batch 2x1024: T = 1024), all = small and gpt2 (not "
+                        "long), tiny = a smoke test")
     parser.add_argument("--steps", type=int, default=3,
                         help="timed training steps per process (each process times its own after "
                         "2 warm-up; decode times (steps+1)//2 runs per process)")
@@ -61,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kernels.blas import default_threads
+    from minigpt.cli.bench.configs import ALL
     from minigpt.cli.bench.report import run as run_report
 
     if args.steps < 1:
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = sections - set(SECTIONS)
     if unknown:
         raise ValueError(f"--only: unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
-    configs = ["small", "gpt2"] if args.config == "all" else [args.config]
+    configs = list(ALL) if args.config == "all" else [args.config]
     run_report(configs, args.steps, threads, args.decode_tokens, sections,
                same_process=args.same_process, rounds=args.rounds)
     return 0
