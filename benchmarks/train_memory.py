@@ -14,8 +14,10 @@ after each stage. Then it builds the breakdown from the model itself:
 - activation caches: the ``nbytes`` of every array kept by one training forward for the backward
   (walking the cache tuples, counting each underlying buffer once and leaving out the parameter
   views a cache refers to), per kind of layer;
-- logits (B, T, V) and their gradient dlogits (B, T, V), the largest single arrays of a step (one
-  buffer when the loss writes the gradient over the logits; checked on the model's own call).
+- the logits the loss holds at once and their gradient: since the LM head runs in row chunks
+  (``heads.lm_head_loss``) the largest chunk (rows, V), in an older checkout the whole (B, T, V);
+  one buffer when the loss writes the gradient over the logits (both checked on the model's own
+  call).
 
 The sum of the parts is compared with the measured peak; the rest is the interpreter, NumPy, Numba's
 compiled kernels, and the transient arrays of the backward.
@@ -72,8 +74,8 @@ def cache_bytes(caches, exclude: list[np.ndarray]) -> dict[str, int]:
     # of them hold, so a run of an older checkout prints its own sizes under the same names
     block_names = ("ln_1 (xhat; since the recompute: its input x)",
                    "attn.c_attn (input; none since the recompute)",
-                   "attention (q, k, v, weights, dropout mask)",
-                   "attn.c_proj (input)", "dropout 1 (mask)",
+                   "attention (q, k, v, weights, dropout mask; since the recompute: qkv, mask)",
+                   "attn.c_proj (input; none since the attention recompute)", "dropout 1 (mask)",
                    "ln_2 (xhat; since the recompute: its input x)",
                    "mlp.c_fc (input; none since the recompute)",
                    "gelu (input u; + tanh before the recompute)",
@@ -183,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     logits, caches = model._forward(data[0, 0], np.random.default_rng(1), keep_caches=True)
     acts = cache_bytes(caches, [model.flat_params, model.flat_grads])
     del caches
-    logits_bytes = logits.nbytes
     del logits
-    # does the model's loss write dlogits over the logits (one (B, T, V) buffer) or into a new one?
+    # the largest logits the loss holds at once (a row chunk, or the whole (B, T, V) in an older
+    # checkout), and does it write dlogits over them (one buffer) or into a new one?
     from minigpt import backend
 
     ops = backend.ops()
@@ -193,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def spy(logits, *a, **kw):
         loss, d = real_ce(logits, *a, **kw)
+        seen["bytes"] = max(seen.get("bytes", 0), logits.nbytes)
         if d is not None:
             seen["shared"] = np.shares_memory(d, logits)
         return loss, d
@@ -209,11 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         "AdamW v": opt.v.nbytes,
     }
     act_total = sum(acts.values())
-    transient = {"logits (B, T, V)": logits_bytes}
+    logits_bytes = seen.get("bytes", 0)
+    transient = {"logits (largest row chunk of the loss)": logits_bytes}
     if seen.get("shared"):
-        transient["dlogits (B, T, V): written over the logits"] = 0
+        transient["dlogits: written over the logits"] = 0
     else:
-        transient["dlogits (B, T, V)"] = logits_bytes
+        transient["dlogits"] = logits_bytes
     print("\nwhat it is made of (nbytes):")
     for k, v in state.items():
         print(f"  {k:48s} {v / MiB:9,.0f} MiB")

@@ -266,7 +266,7 @@ def _cblas_acc(fn, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
 def gemm_acc(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out += a @ b: a (M, K), b (K, N), out (M, N), all of one float dtype, out's rows contiguous.
 
-    A weight gradient accumulates dW += x^T dout over the layer's uses (a tied weight; the row
+    Mixed dtypes take the fallback (NumPy casts). A weight gradient accumulates dW += x^T dout over the layer's uses (a tied weight; the row
     chunks of the LM head's loss, ``minigpt/heads.py``). With NumPy's OpenBLAS reachable this is
     BLAS's own beta = 1 product (``cblas_sgemm``): no (M, N) temporary and no separate pass over
     ``out``, split like ``gemm`` into one block of rows (or columns) of ``out`` per thread. Else
@@ -274,14 +274,14 @@ def gemm_acc(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """
     M, K = a.shape
     N = b.shape[1]
-    if out.shape != (M, N) or b.shape[0] != K or not (a.dtype == b.dtype == out.dtype):
-        raise ValueError(f"gemm_acc: shapes/dtypes do not match: a {a.dtype} {a.shape}, "
-                         f"b {b.dtype} {b.shape}, out {out.dtype} {out.shape}")
+    if out.shape != (M, N) or b.shape[0] != K:
+        raise ValueError(f"gemm_acc: shapes do not match: a {a.shape} @ b {b.shape} into "
+                         f"out {out.shape}")
     if not _state["configured"]:
         set_threads(default_threads())
     lib = _state["lib"]
-    fn = None if lib is None else lib.get({np.dtype(np.float32): "sgemm",
-                                           np.dtype(np.float64): "dgemm"}.get(a.dtype, ""))
+    fn = None if lib is None or not a.dtype == b.dtype == out.dtype else \
+        lib.get({np.dtype(np.float32): "sgemm", np.dtype(np.float64): "dgemm"}.get(a.dtype, ""))
     if fn is None or M == 0 or N == 0 or K == 0 or _cblas_operand(out) is None \
             or _cblas_operand(out)[0] != _NO_TRANS:
         step = max(1, SLAB // max(1, N))

@@ -20,7 +20,6 @@ import numpy as np
 from numba import njit, prange
 
 from kernels._fast32 import exp32
-from minigpt.layers.loss import check_count
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
@@ -38,7 +37,13 @@ def _check(logits: np.ndarray, targets: np.ndarray, ignore_index: int, count: in
     counted = t != ignore_index
     if np.any((t[counted] < 0) | (t[counted] >= V)):
         raise ValueError(f"cross_entropy: target ids must be in [0, {V}) or {ignore_index}")
-    M = check_count(int(counted.sum()), count)
+    M = int(counted.sum())
+    if count is not None:                        # a chunk of a batch with `count` counted targets
+        if int(count) != count or count < max(1, M):
+            raise ValueError(f"count={count} must be a whole number >= 1 and >= the {M} counted "
+                             "targets of these logits: it is the number of counted targets of the "
+                             "whole batch these logits are a chunk of")
+        M = int(count)
     if M == 0:
         raise ValueError(f"every target equals ignore_index={ignore_index}: there is no position to "
                          "average the loss over; give at least one real target id")
