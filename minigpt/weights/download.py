@@ -33,15 +33,14 @@ import re
 import warnings
 from pathlib import Path
 
-from huggingface_hub import constants, hf_hub_download, hf_hub_url
-from huggingface_hub.utils import (
-    EntryNotFoundError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    are_progress_bars_disabled,
-    disable_progress_bars,
-    enable_progress_bars,
-)
+
+def _hub():
+    """``huggingface_hub``, imported on first use: a run that never downloads (training from a
+    bundled text, a checkpoint on disk) does not carry it (8 MiB resident, ~70 ms of start-up)."""
+    import huggingface_hub
+    import huggingface_hub.utils  # noqa: F401  (the errors and progress-bar switches below)
+    return huggingface_hub
+
 
 MODEL_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 REPO = "openai-community/{name}"
@@ -61,14 +60,15 @@ class ChecksumError(DownloadError):
 @contextlib.contextmanager
 def _progress_bars(on: bool):
     """huggingface_hub's progress bars as asked (``progress=False`` hides them for the call)."""
-    if on or are_progress_bars_disabled():
+    hub = _hub()
+    if on or hub.utils.are_progress_bars_disabled():
         yield
         return
-    disable_progress_bars()
+    hub.utils.disable_progress_bars()
     try:
         yield
     finally:
-        enable_progress_bars()
+        hub.utils.enable_progress_bars()
 
 
 # --- where things live ----------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def is_offline() -> bool:
     on = ("1", "true", "yes", "on")
     return (os.environ.get("MINIGPT_OFFLINE", "").strip().lower() in on
             or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in on
-            or constants.HF_HUB_OFFLINE)
+            or _hub().constants.HF_HUB_OFFLINE)
 
 
 def check_name(name: str) -> None:
@@ -122,15 +122,16 @@ def model_dir(name: str, *, offline: bool | None = None, progress: bool = True,
     repo = REPO.format(name=name)
     where = dict(repo_id=repo, revision=revision, cache_dir=hub_cache)
     try:  # already in the Hugging Face cache: no request at all
-        cached = Path(hf_hub_download(filename=WEIGHTS_FILE, local_files_only=True, **where))
+        cached = Path(_hub().hf_hub_download(filename=WEIGHTS_FILE, local_files_only=True,
+                                             **where))
         _check_sha256(cached, None, sha256, delete=False)
         return cached.parent
-    except LocalEntryNotFoundError:
+    except _hub().utils.LocalEntryNotFoundError:
         pass
-    url = hf_hub_url(repo, WEIGHTS_FILE, revision=revision, endpoint=endpoint)
+    url = _hub().hf_hub_url(repo, WEIGHTS_FILE, revision=revision, endpoint=endpoint)
     hand = f"Download\n    {url}\nby hand and save it as\n    {by_hand / WEIGHTS_FILE}\n"
     if is_offline() if offline is None else offline:
-        hub_cache = hub_cache if hub_cache is not None else constants.HF_HUB_CACHE
+        hub_cache = hub_cache if hub_cache is not None else _hub().constants.HF_HUB_CACHE
         raise FileNotFoundError(
             f"offline (MINIGPT_OFFLINE=1, HF_HUB_OFFLINE=1 or --offline) and {name}'s weights are "
             f"neither in the Hugging Face cache ({hub_cache}) nor in {by_hand}. {hand}"
@@ -140,7 +141,7 @@ def model_dir(name: str, *, offline: bool | None = None, progress: bool = True,
         )
     try:
         with _progress_bars(progress):
-            path = Path(hf_hub_download(filename=WEIGHTS_FILE, endpoint=endpoint, **where))
+            path = Path(_hub().hf_hub_download(filename=WEIGHTS_FILE, endpoint=endpoint, **where))
     except (TypeError, AttributeError, NameError):  # a bug, not a download problem
         raise
     except Exception as e:  # no network, proxy, DNS, 404, 5xx, a cut transfer: say how to do without
@@ -153,7 +154,7 @@ def model_dir(name: str, *, offline: bool | None = None, progress: bool = True,
     _check_sha256(path, url, sha256, delete=True)
     try:
         with _progress_bars(False):
-            hf_hub_download(filename=CONFIG_FILE, endpoint=endpoint, **where)
+            _hub().hf_hub_download(filename=CONFIG_FILE, endpoint=endpoint, **where)
     except (TypeError, AttributeError, NameError):
         raise
     except Exception as e:  # noqa: BLE001 - optional file: the weights are in place
@@ -166,10 +167,11 @@ def model_dir(name: str, *, offline: bool | None = None, progress: bool = True,
 def _why(e: BaseException) -> str:
     """One line for what huggingface_hub (or the network below it) raised."""
     cause = e.__cause__ or e.__context__
-    if isinstance(e, LocalEntryNotFoundError):  # "not in the local cache either": say why not
+    errors = _hub().utils
+    if isinstance(e, errors.LocalEntryNotFoundError):  # "not in the local cache either": say why not
         return _why(cause) if cause is not None else "not found in the cache, and no answer"
     status = getattr(getattr(e, "response", None), "status_code", None)
-    if status == 404 or isinstance(e, (EntryNotFoundError, RepositoryNotFoundError)):
+    if status == 404 or isinstance(e, (errors.EntryNotFoundError, errors.RepositoryNotFoundError)):
         return "HTTP 404: no such file on this server"
     first = (str(e).strip().splitlines() or [""])[0]
     return type(e).__name__ + (f" (HTTP {status})" if status else "") + (f": {first}" if first else "")
