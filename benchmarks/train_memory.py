@@ -29,7 +29,7 @@ dropout ``--dropout``, default 0 as the bench) in fresh processes, one per
 ``--side NAME=PYTHON:KIND`` and round: KIND ``minigpt`` (that interpreter's installed minigpt, e.g.
 the main checkout's venv against this branch's: each saving measured as the difference) or ``torch``
 (a plain PyTorch process that never imports minigpt; the children are those of
-``benchmarks/train_speed_ab.py``). Prints each side's peak (VmHWM) and RSS after imports, and each
+``benchmarks/train_speed_ab.py``), or ``minigpt-recompute-mlp`` (``GPTModel.recompute_mlp``). Prints each side's peak (VmHWM) and RSS after imports, and each
 minigpt side's peak over the torch side's.
 """
 from __future__ import annotations
@@ -271,7 +271,7 @@ def compare(args) -> int:
     for name, kind in kinds.items():
         pk = float(np.median(peaks[name]))
         line = f"  {name:10s} {pk:8,.0f} MiB (after imports {np.median(bases[name]):5,.0f} MiB)"
-        if torch_peak and kind == "minigpt":
+        if torch_peak and kind.startswith("minigpt"):
             line += f"   {pk / torch_peak:.3f}x torch's peak"
         print(line)
     return 0

@@ -7,7 +7,8 @@
 Each ``--side NAME=PYTHON:KIND`` is run once per round, in a fresh process started from a neutral
 working directory (so the interpreter's installed ``minigpt`` is the one measured, not the current
 checkout), in an order that rotates from round to round. KIND ``minigpt`` times
-``GPTModel.loss_and_grads`` + ``AdamW.step``; KIND ``torch`` times a plain PyTorch eager GPT-2 of the
+``GPTModel.loss_and_grads`` + ``AdamW.step`` (``minigpt-recompute-mlp``: with
+``GPTModel.recompute_mlp``); KIND ``torch`` times a plain PyTorch eager GPT-2 of the
 same shape written below, in a process that never imports minigpt or kernels (PyTorch's defaults
 apart from the thread count). A process does ``--warmup`` untimed steps, then ``--steps`` timed ones,
 and reports its median step; the table gives, per side, the median over rounds of those medians,
@@ -53,6 +54,7 @@ backend.set_threads(threads)
 cfg = GPTConfig(vocab_size=V, context_length=ctx, emb_dim=C, n_heads=H, n_layers=L,
                 drop_rate=drop, qkv_bias=True, tie_weights=True)
 model = GPTModel(cfg, seed=0, dtype=np.float32)
+model.recompute_mlp = RECOMPUTE_MLP
 opt = AdamW(model, lr=4e-4, weight_decay=0.1)
 rng = np.random.default_rng(0)
 idx, tgt = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
@@ -133,7 +135,8 @@ def run_side(python: str, kind: str, cfg: tuple, threads: int, warmup: int, step
              drop: float) -> dict:
     """One fresh process: {"times": [s per timed step], "base_mb": RSS after imports,
     "peak_mb": peak RSS (VmHWM) at the end}."""
-    code = MINIGPT_CHILD if kind == "minigpt" else TORCH_CHILD
+    code = (MINIGPT_CHILD.replace("RECOMPUTE_MLP", str(kind == "minigpt-recompute-mlp"))
+            if kind.startswith("minigpt") else TORCH_CHILD)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     with tempfile.TemporaryDirectory() as neutral:
         r = subprocess.run([python, "-c", code, json.dumps([*cfg, threads, warmup, steps, drop])],
@@ -157,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     for s in args.side:
         name, rest = s.split("=", 1)
         python, kind = rest.rsplit(":", 1)
-        if kind not in ("minigpt", "torch"):
-            raise ValueError(f"--side {s}: KIND must be minigpt or torch")
+        if kind not in ("minigpt", "minigpt-recompute-mlp", "torch"):
+            raise ValueError(f"--side {s}: KIND must be minigpt, minigpt-recompute-mlp or torch")
         sides.append((name, os.path.abspath(python) if os.sep in python else python, kind))
     cfg = CONFIGS[args.config]
     tokens = cfg[5] * cfg[6]
@@ -181,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, _, kind in sides:
         v = res[name]
         line = f"  {name:10s} median {median(v):9,.0f} tok/s  (min {min(v):,.0f} .. max {max(v):,.0f})"
-        if pt and kind == "minigpt":
+        if pt and kind.startswith("minigpt"):
             line += f"   vs torch median {median(v) / median(pt):.2f}x, vs torch best " \
                     f"{median(v) / max(pt):.2f}x"
         print(line)

@@ -481,6 +481,21 @@ def chunked_loss_model(rows: int):
     return build
 
 
+def recompute_mlp_model(cfg, seed=0, dtype=np.float64):
+    """A ``model_cls`` for ``check_model``: GPTModel that recomputes GELU's input in the backward
+    (``GPTModel.recompute_mlp``)."""
+    model = GPTModel(cfg, seed=seed, dtype=dtype)
+    model.recompute_mlp = True
+    return model
+
+
+# GELU's input recomputed: name -> cfg (dropout on: the recompute runs between the masks)
+RECOMPUTE_MLP_VARIANTS: dict[str, GPTConfig] = {
+    "tied, dropout 0.2, GELU input recomputed": TINY.replace(tie_weights=True, drop_rate=0.2),
+    f"untied, T={T_LONG}, GELU input recomputed": TINY.replace(context_length=T_LONG + 1),
+}
+
+
 # the LM head's loss in row chunks: name -> (cfg, rows per chunk). Chunks of 3 rows of B*T = 14
 # (B = 2, T = 7; targets[-1, 0] = -100): five chunks, the last of two rows, one with an ignored row
 CHUNKED_LOSS_VARIANTS: dict[str, tuple[GPTConfig, int]] = {
@@ -757,6 +772,8 @@ def run_all(include_model: bool = True, include_negative: bool = True):
             results += check_model(cfg, model_cls=lora_model(targets), label=f"model ({key})")
         for key, (cfg, rows) in CHUNKED_LOSS_VARIANTS.items():
             results += check_model(cfg, model_cls=chunked_loss_model(rows), label=f"model ({key})")
+        for key, cfg in RECOMPUTE_MLP_VARIANTS.items():
+            results += check_model(cfg, model_cls=recompute_mlp_model, label=f"model ({key})")
     negatives = {}
     if include_negative:
         for name, run in NEGATIVE_CONTROLS.items():

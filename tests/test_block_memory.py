@@ -61,3 +61,32 @@ def test_block_cache_holds_only_what_the_backward_cannot_recompute(name):
         assert cached_elements((cache, c_att[3]), model.flat_params) == want + B * H * T * T
         dx = block_backward(np.ones_like(y), cache, g)
     assert dx.shape == x.shape and np.isfinite(dx).all()
+
+
+@pytest.mark.parametrize("name", ["numba", "numpy"])
+def test_recompute_mlp_drops_u_and_gives_the_same_bits(name):
+    """GPTModel.recompute_mlp: the block cache loses GELU's input u (B, T, 4C), and a training step
+    gives the same loss and gradients to the last bit (the same op on the same input), float32,
+    dropout on."""
+    from minigpt.block import RecomputeU
+
+    B, T, C, H = 2, 33, 24, 3
+    cfg = GPTConfig(vocab_size=11, context_length=T, emb_dim=C, n_heads=H, n_layers=2,
+                    drop_rate=0.1, qkv_bias=True)
+    model = GPTModel(cfg, seed=0, dtype=np.float32)
+    p = model._block_params[0]
+    x = np.random.default_rng(0).normal(size=(B, T, C)).astype(np.float32)
+    idx = np.random.default_rng(1).integers(0, 11, (B, T))
+    with backend.use(name):
+        _, kept = block_forward(x, p, H)
+        _, dropped = block_forward(x, p, H, recompute_mlp=True)
+        assert isinstance(dropped[7], RecomputeU)
+        assert cached_elements(dropped, model.flat_params) == \
+            cached_elements(kept, model.flat_params) - B * T * 4 * C
+        runs = []
+        for flag in (False, True):
+            model.recompute_mlp = flag
+            loss, g = model.loss_and_grads(idx, np.roll(idx, -1, 1), rng=np.random.default_rng(5))
+            runs.append((loss, model.flat_grads.copy()))
+    assert runs[0][0] == runs[1][0] and np.array_equal(runs[0][1], runs[1][1])
+    assert runs[0][1].any()

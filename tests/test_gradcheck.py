@@ -226,3 +226,17 @@ def test_chunked_lm_head_loss_gradients_every_element(variant, name):
     assert [r.n_checked for r in results] == [p.size for p in params.values()]
     bad = [r for r in results if not r.passed]
     assert not bad, bad
+
+
+@pytest.mark.parametrize("name", ["numba", "numpy"])
+@pytest.mark.parametrize("variant", list(gc.RECOMPUTE_MLP_VARIANTS))
+def test_recompute_mlp_gradients_every_element(variant, name):
+    """GELU's input recomputed in the backward (GPTModel.recompute_mlp), on both backends: every
+    element of every parameter."""
+    cfg = gc.RECOMPUTE_MLP_VARIANTS[variant]
+    with backend.use(name):
+        results = gc.check_model(cfg, model_cls=gc.recompute_mlp_model, label=variant)
+    params = GPTModel(cfg, seed=0, dtype=np.float64).params
+    assert [r.n_checked for r in results] == [p.size for p in params.values()]
+    bad = [r for r in results if not r.passed]
+    assert not bad, bad
