@@ -83,6 +83,32 @@ class RecomputeU(NamedTuple):
     p: dict
 
 
+class PackedMask(NamedTuple):
+    """A dropout mask kept as one byte per element: the kept units (bool) and the scale
+    1 / (1 - p) in the activations' dtype. ``unpack_mask`` rebuilds the float mask the dropout
+    layer made, ``keep.astype(dtype) * scale``, the same expression, so the same bits."""
+
+    keep: np.ndarray
+    scale: np.floating
+
+
+def pack_mask(mask: np.ndarray | None) -> PackedMask | None:
+    """A dropout layer's float mask (0 or 1 / (1 - p) per element) -> a quarter of its bytes
+    (float32; an eighth for float64). None (no dropout) stays None."""
+    if mask is None:
+        return None
+    keep = mask != 0
+    scale = mask.dtype.type(mask.max()) if keep.any() else mask.dtype.type(0)
+    return PackedMask(keep, scale)
+
+
+def unpack_mask(packed: PackedMask | None) -> np.ndarray | None:
+    """The float mask again (see ``PackedMask``)."""
+    if packed is None:
+        return None
+    return packed.keep.astype(packed.scale.dtype) * packed.scale
+
+
 def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
                   rng: np.random.Generator | None = None, recompute_mlp: bool = False):
     """x (B, T, C) -> (B, T, C). Cache: what its layers' backwards need, in forward order.
@@ -92,7 +118,8 @@ def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
     bits: the two layernorms' outputs and normalised inputs (the cache keeps each layernorm's input,
     one (B, T, C) array instead of two), GELU's output and tanh (the cache keeps GELU's input u, one
     (B, T, 4C) array instead of three), and the attention's weights (B, H, T, T) and output (B, T, C)
-    (the cache keeps qkv, which it needs anyway, and the dropout mask, applied again). The linear
+    (the cache keeps qkv, which it needs anyway, and the dropout mask, applied again). The dropout
+    masks are kept as one byte per element (``PackedMask``) and rebuilt to the same bits. The linear
     layers reading them keep their caches without their input (``_forget_input``) and get it back
     in the backward.
 
@@ -107,7 +134,7 @@ def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
     h, _ = ops.layernorm_forward(*ln_1)                                                    # (B, T, C)
     qkv, c_qkv = _linear(ops, p, "attn.c_attn", h)                                       # (B, T, 3C)
     a, c_att = ops.attention_forward(qkv, n_heads, drop_rate, rng)                         # (B, T, C)
-    att = (qkv, n_heads, c_att[4])         # what recomputes the attention: its input, its mask
+    att = (qkv, n_heads, pack_mask(c_att[4]))   # what recomputes the attention: input, mask
     del c_att                              # the weights (B, H, T, T) are not kept
     a, c_proj = _linear(ops, p, "attn.c_proj", a)                                         # (B, T, C)
     a, c_drop1 = ops.dropout_forward(a, drop_rate, rng)                                    # (B, T, C)
@@ -120,9 +147,9 @@ def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
     h, c_mproj = _linear(ops, p, "mlp.c_proj", h)                                         # (B, T, C)
     h, c_drop2 = ops.dropout_forward(h, drop_rate, rng)                                    # (B, T, C)
     x = x + h                                                                              # residual
-    return x, (ln_1, _forget_input(c_qkv), att, _forget_input(c_proj), c_drop1,
+    return x, (ln_1, _forget_input(c_qkv), att, _forget_input(c_proj), pack_mask(c_drop1),
                ln_2, _forget_input(c_fc), RecomputeU(p) if recompute_mlp else u,
-               _forget_input(c_mproj), c_drop2)
+               _forget_input(c_mproj), pack_mask(c_drop2))
 
 
 def block_backward(dx: np.ndarray, cache, g: dict) -> np.ndarray:
@@ -140,7 +167,7 @@ def block_backward(dx: np.ndarray, cache, g: dict) -> np.ndarray:
         u, _ = _linear(ops, u.p, "mlp.c_fc", h)                                          # (B, T, 4C)
     h, c_gelu = ops.gelu_forward(u)                  # GELU's output (mlp.c_proj's input) and tanh
     del u
-    dh = ops.dropout_backward(dx, c_drop2)
+    dh = ops.dropout_backward(dx, unpack_mask(c_drop2))
     dh = _linear_backward(ops, g, "mlp.c_proj", dh, _restore_input(c_mproj, h))
     del h                                            # each freed as soon as it has served
     dh = ops.gelu_backward(dh, c_gelu)
@@ -154,8 +181,8 @@ def block_backward(dx: np.ndarray, cache, g: dict) -> np.ndarray:
     c_qkv = _restore_input(c_qkv, h)
     del h
     qkv, n_heads, drop_mask = att                    # the attention again, with the same mask:
-    a, c_att = ops.attention_forward(qkv, n_heads, drop_mask=drop_mask)   # its weights and output
-    da = ops.dropout_backward(dx, c_drop1)
+    a, c_att = ops.attention_forward(qkv, n_heads, drop_mask=unpack_mask(drop_mask))   # weights, out
+    da = ops.dropout_backward(dx, unpack_mask(c_drop1))
     da = _linear_backward(ops, g, "attn.c_proj", da, _restore_input(c_proj, a))
     del a
     dqkv = ops.attention_backward(da, c_att)

@@ -90,3 +90,32 @@ def test_recompute_mlp_drops_u_and_gives_the_same_bits(name):
             runs.append((loss, model.flat_grads.copy()))
     assert runs[0][0] == runs[1][0] and np.array_equal(runs[0][1], runs[1][1])
     assert runs[0][1].any()
+
+
+@pytest.mark.parametrize("name", ["numba", "numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dropout_masks_are_kept_as_bytes_and_rebuilt_to_the_same_bits(name, dtype):
+    """With dropout, a block keeps its three masks (attention (B, H, T, T), two residual (B, T, C))
+    as bool + scale (PackedMask); unpack_mask gives back the float mask the layer made, bit for
+    bit. Control: a scale off by one ulp does not."""
+    from minigpt.block import PackedMask, pack_mask, unpack_mask
+
+    B, T, C, H = 2, 33, 24, 3
+    cfg = GPTConfig(vocab_size=11, context_length=T, emb_dim=C, n_heads=H, n_layers=1,
+                    drop_rate=0.3, qkv_bias=True)
+    model = GPTModel(cfg, seed=0, dtype=dtype)
+    x = np.random.default_rng(0).normal(size=(B, T, C)).astype(dtype)
+    with backend.use(name):
+        ops_layer = backend.ops()
+        _, cache = block_forward(x, model._block_params[0], H, 0.3, np.random.default_rng(1))
+        _, c_att = ops_layer.attention_forward(cache[2][0], H, 0.3, np.random.default_rng(7))
+        _, c_drop = ops_layer.dropout_forward(x, 0.3, np.random.default_rng(8))
+    packed = [cache[2][2], cache[4], cache[9]]
+    assert all(isinstance(m, PackedMask) and m.keep.dtype == np.bool_ for m in packed)
+    assert packed[0].keep.shape == (B, H, T, T) and packed[1].keep.shape == (B, T, C)
+    for mask in (c_att[4], c_drop):                 # the masks the ops make, round trip
+        again = unpack_mask(pack_mask(mask))
+        assert again.dtype == mask.dtype and np.array_equal(again, mask)
+        off = PackedMask(pack_mask(mask).keep, np.nextafter(pack_mask(mask).scale, dtype(2)))
+        assert not np.array_equal(unpack_mask(off), mask)
+    assert pack_mask(None) is None and unpack_mask(None) is None
