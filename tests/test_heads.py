@@ -423,3 +423,26 @@ def test_chunked_loss_refuses_all_ignored_targets():
     m.loss_chunk_rows = 4
     with pytest.raises(ValueError, match="every target equals ignore_index"):
         m.loss_and_grads(idx, np.full_like(targets, -100))
+
+
+@pytest.mark.parametrize("name", ["numba", "numpy"])
+def test_cross_entropy_count_is_checked_and_used(name):
+    """``count``: the loss of a chunk is its sum over the batch's count; a count below the chunk's
+    own counted targets (or not a whole number) is refused with a message; a chunk may then hold
+    no counted target."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(4, 5))
+    t = np.array([1, -100, 3, 0])
+    with backend.use(name):
+        ce = backend.ops().cross_entropy
+        whole, d_whole = ce(z, t)
+        part, d_part = ce(z, t, count=6)
+        assert part == pytest.approx(whole * 3 / 6, rel=1e-14)
+        np.testing.assert_allclose(d_part, d_whole * 3 / 6, rtol=1e-14)
+        for bad in (2, 0, 3.5):
+            with pytest.raises(ValueError, match="count=.* must be a whole number"):
+                ce(z, t, count=bad)
+        none, d_none = ce(z, np.full(4, -100), count=6)
+        assert none == 0.0 and not d_none.any()
+        with pytest.raises(ValueError, match="every target equals ignore_index"):
+            ce(z, np.full(4, -100))
