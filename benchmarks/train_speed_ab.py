@@ -10,7 +10,11 @@ checkout), in an order that rotates from round to round. KIND ``minigpt`` times
 ``GPTModel.loss_and_grads`` + ``AdamW.step`` (``minigpt-recompute-mlp``: with
 ``GPTModel.recompute_mlp``); KIND ``torch`` times a plain PyTorch eager GPT-2 of the
 same shape written below, in a process that never imports minigpt or kernels (PyTorch's defaults
-apart from the thread count). A process does ``--warmup`` untimed steps, then ``--steps`` timed ones,
+apart from the thread count), initialised as GPT-2 (normal(0, 0.02) weights, zero biases) like the
+minigpt side. Until 2026-12-02 19:50 UTC it kept PyTorch's default initialisation: N(0, 1)
+embeddings, tied to the head, give logits spread by ~100 and subnormal gradients, and that ran the
+'small' step 3.4x slower (2,000 vs 6,900 tokens/s here; docs/kernels.md, "Subnormal numbers"), so
+its PyTorch figures from before then are not comparable. A process does ``--warmup`` untimed steps, then ``--steps`` timed ones,
 and reports its median step; the table gives, per side, the median over rounds of those medians,
 their min..max, and the ratio of each minigpt side to the torch side's median and to its best
 round (PyTorch's speed on this machine moves between processes; "best" is its faster mode).
@@ -116,6 +120,12 @@ class GPT(nn.Module):
         return self.ln_f(x) @ self.wte.weight.T
 
 net = GPT()
+with torch.no_grad():   # GPT-2's initialisation, as the minigpt side's GPTModel(init="gpt2")
+    for name, p in net.named_parameters():
+        if p.dim() == 2:
+            p.normal_(0.0, 0.02)
+        elif name.endswith("bias"):
+            p.zero_()
 opt = torch.optim.AdamW(net.parameters(), lr=4e-4, weight_decay=0.1)
 g = torch.Generator().manual_seed(0)
 idx, tgt = torch.randint(0, V, (B, T), generator=g), torch.randint(0, V, (B, T), generator=g)

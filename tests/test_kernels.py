@@ -434,3 +434,23 @@ def test_fast_float32_exp_and_tanh_accuracy():
     assert np.max(np.abs(e - np.exp(x64)) / np.exp(x64)) < 1e-6        # a few float32 ulp
     assert np.max(np.abs(t - np.tanh(x64))) < 1e-6
     assert np.all(t[np.abs(x) > 8] == np.sign(x[np.abs(x) > 8]))       # saturates exactly
+
+
+def test_cross_entropy_gradient_has_no_subnormals():
+    """Logits spread by ~100 (a tied model with N(0, 1) embeddings) give probabilities near the
+    smallest normal float32; times 1/(s M) the layer's gradient holds subnormal numbers (the
+    control: the case reaches them), which slow every later product; the kernel flushes them to
+    0 and stays within the layer's tolerance."""
+    rng = np.random.default_rng(0)
+    z = (rng.normal(size=(64, 4096)) * 25).astype(np.float32)
+    t = rng.integers(0, 4096, 64)
+    _, d_ref = L.cross_entropy(z, t)
+    _, d = K.cross_entropy(z, t)
+    tiny = np.finfo(np.float32).tiny
+
+    def subnormal(a):
+        return int(np.count_nonzero((a != 0) & (np.abs(a) < tiny)))
+
+    assert subnormal(d_ref) > 100
+    assert subnormal(d) == 0
+    np.testing.assert_allclose(d, d_ref, rtol=1e-4, atol=1e-9)
