@@ -113,7 +113,7 @@ def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
                   rng: np.random.Generator | None = None, recompute_mlp: bool = False):
     """x (B, T, C) -> (B, T, C). Cache: what its layers' backwards need, in forward order.
 
-    Memory (docs/kernels.md, "The training step's non-GEMM work"): four kinds of activation are not
+    Memory (docs/kernels.md, "The training step's non-GEMM work"): three kinds of activation are not
     cached but recomputed by the backward, each by the same op on the same input, giving the same
     bits: the two layernorms' outputs and normalised inputs (the cache keeps each layernorm's input,
     one (B, T, C) array instead of two), GELU's output and tanh (the cache keeps GELU's input u, one
