@@ -250,27 +250,15 @@ def _cblas_operand(a: np.ndarray):
     return None
 
 
-def _cblas_acc(fn, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
-    """out += a @ b by one cblas_?gemm call with beta = 1 (BLAS adds into out as it goes, no
-    temporary); False when an operand's layout does not suit cblas (nothing is written then)."""
-    oa, ob, oc = _cblas_operand(a), _cblas_operand(b), _cblas_operand(out)
-    if oa is None or ob is None or oc is None or oc[0] != _NO_TRANS:
-        return False
-    M, K = a.shape
-    N = b.shape[1]
-    fn(_ROW_MAJOR, oa[0], ob[0], M, N, K, 1.0, a.ctypes.data, oa[1], b.ctypes.data, ob[1], 1.0,
-       out.ctypes.data, oc[1])
-    return True
-
-
 def gemm_acc(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out += a @ b: a (M, K), b (K, N), out (M, N), all of one float dtype, out's rows contiguous.
+    """out += a @ b: a (M, K), b (K, N), out (M, N), out's rows contiguous.
 
-    Mixed dtypes take the fallback (NumPy casts). A weight gradient accumulates dW += x^T dout over the layer's uses (a tied weight; the row
+    A weight gradient accumulates dW += x^T dout over the layer's uses (a tied weight; the row
     chunks of the LM head's loss, ``minigpt/heads.py``). With NumPy's OpenBLAS reachable this is
     BLAS's own beta = 1 product (``cblas_sgemm``): no (M, N) temporary and no separate pass over
     ``out``, split like ``gemm`` into one block of rows (or columns) of ``out`` per thread. Else
-    (another BLAS, odd strides) it falls back to ``out += gemm(a, b)`` in slabs of 16 MiB.
+    (another BLAS, mixed dtypes, strides cblas cannot take) it falls back to ``out += gemm(a, b)``
+    in slabs of 16 MiB.
     """
     M, K = a.shape
     N = b.shape[1]
@@ -282,12 +270,13 @@ def gemm_acc(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     lib = _state["lib"]
     fn = None if lib is None or not a.dtype == b.dtype == out.dtype else \
         lib.get({np.dtype(np.float32): "sgemm", np.dtype(np.float64): "dgemm"}.get(a.dtype, ""))
-    if fn is None or M == 0 or N == 0 or K == 0 or _cblas_operand(out) is None \
-            or _cblas_operand(out)[0] != _NO_TRANS:
+    layout = [_cblas_operand(t) for t in (a, b, out)]     # (transpose flag, leading dimension)
+    if fn is None or 0 in (M, N, K) or None in layout or layout[2][0] != _NO_TRANS:
         step = max(1, SLAB // max(1, N))
         for i in range(0, M, step):
             out[i:i + step] += gemm(a[i:i + step], b)                 # (s, N)
         return out
+    (ta, lda), (tb, ldb), (_, ldc) = layout
     if lib["get"]() != 1:                           # someone raised BLAS's threads since: pin again
         lib["set"](1)
     n, pool = _state["threads"], _state["pool"]
@@ -297,16 +286,12 @@ def gemm_acc(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     edges = [size * i // n for i in range(n + 1)]
 
     def part(i):
+        """out's block i += its product, one cblas call with beta = 1 (a block is a slice: the
+        strides, so the transpose flags and leading dimensions, are the whole arrays')."""
         lo, hi = edges[i], edges[i + 1]
-        if by_rows:
-            ok = _cblas_acc(fn, a[lo:hi], b, out[lo:hi])
-        else:
-            ok = _cblas_acc(fn, a, b[:, lo:hi], out[:, lo:hi])
-        if not ok:                                  # a layout cblas refuses: the plain way
-            if by_rows:
-                out[lo:hi] += a[lo:hi] @ b
-            else:
-                out[:, lo:hi] += a @ b[:, lo:hi]
+        pa, pb, po = (a[lo:hi], b, out[lo:hi]) if by_rows else (a, b[:, lo:hi], out[:, lo:hi])
+        fn(_ROW_MAJOR, ta, tb, po.shape[0], po.shape[1], K, 1.0, pa.ctypes.data, lda,
+           pb.ctypes.data, ldb, 1.0, po.ctypes.data, ldc)
 
     futures = [pool.submit(part, i) for i in range(1, n)]
     part(0)
