@@ -31,21 +31,10 @@ import numpy as np
 
 import minigpt
 from minigpt import GPT_CONFIG_124M, GPTModel, Tokenizer
+from minigpt.cli.bench.memory import status_mb
 from minigpt.training.data import create_dataloader_v1, train_val_split
 from minigpt.training.optim import AdamW
 from minigpt.training.loop import TrainSettings, evaluate_model, init_like_torch, set_num_threads, train
-
-
-def peak_rss_mib() -> float:
-    """VmHWM (peak resident set) of this process in MiB, from /proc (Linux); NaN elsewhere."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"after all {res.step} steps: train {last[0]:.3f}, val {last[1]:.3f}")
     print(f"{res.step} steps, {res.tokens_seen:,} tokens seen; wall time {wall:.1f} s "
           f"(training steps {res.train_seconds:.1f} s, {res.tokens_per_second:,.0f} tokens/s)")
-    print(f"peak RSS {peak_rss_mib():,.0f} MiB")
+    print(f"peak RSS {status_mb('VmHWM'):,.0f} MiB")
     if args.epochs != 10:
         print("(not the book's 10 epochs: the loss check is skipped)")
         return 0

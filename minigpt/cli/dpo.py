@@ -14,12 +14,12 @@ import json
 import time
 from pathlib import Path
 
+from minigpt.cli.bench.memory import status_mb
 from minigpt.cli.instruct import (
     add_model_arguments,
     answer_test_set,
     load_start_model,
     options,
-    peak_rss_mib,
     settings_from,
 )
 
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if res.status == "done" and o["responses"]:
         summary["scores"] = answer_test_set(policy, tok, test_data, o, run_dir)
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    summary["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    summary["peak_rss_mib"] = round(status_mb("VmHWM"), 1)
     print(f"wall time {summary['wall_seconds']} s, peak memory {summary['peak_rss_mib']} MiB")
     print("summary " + json.dumps(summary))
     return 130 if res.status == "interrupted" else 0

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from minigpt.cli.bench.memory import status_mb
 from minigpt.cli.help import HelpFormatter
 
 HELP = ("Finetune a GPT to follow instructions, as the book's chapter 7 does (Alpaca template, "
@@ -174,18 +175,6 @@ def load_start_model(o: dict[str, Any]):
     return model, source
 
 
-def peak_rss_mib() -> float:
-    """VmHWM (peak resident memory) of this process in MiB (Linux); NaN elsewhere."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
 def settings_from(o: dict[str, Any]):
     from minigpt.training.loop import TrainSettings
 
@@ -296,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
     if res.status == "done" and o["responses"]:
         summary["scores"] = answer_test_set(model, tok, test_data, o, run_dir)
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    summary["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    summary["peak_rss_mib"] = round(status_mb("VmHWM"), 1)
     say(f"wall time {summary['wall_seconds']} s, peak memory {summary['peak_rss_mib']} MiB")
     say("summary " + json.dumps(summary))
     comm.wait_for_all()
