@@ -470,23 +470,19 @@ MODEL_VARIANTS: dict[str, GPTConfig] = {
 }
 
 
-def chunked_loss_model(rows: int):
-    """A ``model_cls`` for ``check_model``: GPTModel whose LM head and loss run in row chunks of
-    ``rows`` (``heads.lm_head_loss``), the path a GPT-2 vocabulary takes (a tiny vocabulary fits
-    in one chunk)."""
+def model_with(**attrs):
+    """A ``model_cls`` for ``check_model``: GPTModel with these attributes set, the switches of a
+    path a real run can take: ``loss_chunk_rows`` (the LM head and its loss in row chunks,
+    ``heads.lm_head_loss``, as a GPT-2 vocabulary runs; a tiny one fits in one chunk) or
+    ``recompute_mlp`` (GELU's input recomputed in the backward)."""
     def build(cfg, seed=0, dtype=np.float64):
         model = GPTModel(cfg, seed=seed, dtype=dtype)
-        model.loss_chunk_rows = rows
+        for name, value in attrs.items():
+            if not hasattr(model, name):
+                raise ValueError(f"GPTModel has no attribute {name!r} to set")
+            setattr(model, name, value)
         return model
     return build
-
-
-def recompute_mlp_model(cfg, seed=0, dtype=np.float64):
-    """A ``model_cls`` for ``check_model``: GPTModel that recomputes GELU's input in the backward
-    (``GPTModel.recompute_mlp``)."""
-    model = GPTModel(cfg, seed=seed, dtype=dtype)
-    model.recompute_mlp = True
-    return model
 
 
 # GELU's input recomputed: name -> cfg (dropout on: the recompute runs between the masks)
@@ -728,7 +724,7 @@ def _chunked_head_overwrites_dw():
     heads.lm_head_backward = overwrite
     try:
         cfg, rows = CHUNKED_LOSS_VARIANTS["tied, LM-head loss in row chunks of 3"]
-        return check_model(cfg.replace(tie_weights=False), model_cls=chunked_loss_model(rows),
+        return check_model(cfg.replace(tie_weights=False), model_cls=model_with(loss_chunk_rows=rows),
                            label="NEG chunked head", only="lm_head.weight")
     finally:
         heads.lm_head_backward = real
@@ -771,9 +767,11 @@ def run_all(include_model: bool = True, include_negative: bool = True):
         for key, (cfg, targets) in LORA_MODEL_VARIANTS.items():
             results += check_model(cfg, model_cls=lora_model(targets), label=f"model ({key})")
         for key, (cfg, rows) in CHUNKED_LOSS_VARIANTS.items():
-            results += check_model(cfg, model_cls=chunked_loss_model(rows), label=f"model ({key})")
+            results += check_model(cfg, model_cls=model_with(loss_chunk_rows=rows),
+                                   label=f"model ({key})")
         for key, cfg in RECOMPUTE_MLP_VARIANTS.items():
-            results += check_model(cfg, model_cls=recompute_mlp_model, label=f"model ({key})")
+            results += check_model(cfg, model_cls=model_with(recompute_mlp=True),
+                                   label=f"model ({key})")
     negatives = {}
     if include_negative:
         for name, run in NEGATIVE_CONTROLS.items():

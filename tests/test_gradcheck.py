@@ -221,7 +221,7 @@ def test_chunked_lm_head_loss_gradients_every_element(variant, name):
     vocabulary), on both backends: every element of every parameter."""
     cfg, rows = gc.CHUNKED_LOSS_VARIANTS[variant]
     with backend.use(name):
-        results = gc.check_model(cfg, model_cls=gc.chunked_loss_model(rows), label=variant)
+        results = gc.check_model(cfg, model_cls=gc.model_with(loss_chunk_rows=rows), label=variant)
     params = GPTModel(cfg, seed=0, dtype=np.float64).params
     assert [r.n_checked for r in results] == [p.size for p in params.values()]
     bad = [r for r in results if not r.passed]
@@ -235,7 +235,7 @@ def test_recompute_mlp_gradients_every_element(variant, name):
     element of every parameter."""
     cfg = gc.RECOMPUTE_MLP_VARIANTS[variant]
     with backend.use(name):
-        results = gc.check_model(cfg, model_cls=gc.recompute_mlp_model, label=variant)
+        results = gc.check_model(cfg, model_cls=gc.model_with(recompute_mlp=True), label=variant)
     params = GPTModel(cfg, seed=0, dtype=np.float64).params
     assert [r.n_checked for r in results] == [p.size for p in params.values()]
     bad = [r for r in results if not r.passed]
