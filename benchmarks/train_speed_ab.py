@@ -58,7 +58,7 @@ backend.set_threads(threads)
 cfg = GPTConfig(vocab_size=V, context_length=ctx, emb_dim=C, n_heads=H, n_layers=L,
                 drop_rate=drop, qkv_bias=True, tie_weights=True)
 model = GPTModel(cfg, seed=0, dtype=np.float32)
-model.recompute_mlp = RECOMPUTE_MLP
+model.recompute_mlp = sys.argv[2:] == ["recompute-mlp"]
 opt = AdamW(model, lr=4e-4, weight_decay=0.1)
 rng = np.random.default_rng(0)
 idx, tgt = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
@@ -145,11 +145,12 @@ def run_side(python: str, kind: str, cfg: tuple, threads: int, warmup: int, step
              drop: float) -> dict:
     """One fresh process: {"times": [s per timed step], "base_mb": RSS after imports,
     "peak_mb": peak RSS (VmHWM) at the end}."""
-    code = (MINIGPT_CHILD.replace("RECOMPUTE_MLP", str(kind == "minigpt-recompute-mlp"))
-            if kind.startswith("minigpt") else TORCH_CHILD)
+    code = MINIGPT_CHILD if kind.startswith("minigpt") else TORCH_CHILD
+    extra = ["recompute-mlp"] if kind == "minigpt-recompute-mlp" else []
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     with tempfile.TemporaryDirectory() as neutral:
-        r = subprocess.run([python, "-c", code, json.dumps([*cfg, threads, warmup, steps, drop])],
+        r = subprocess.run([python, "-c", code, json.dumps([*cfg, threads, warmup, steps, drop]),
+                            *extra],
                            capture_output=True, text=True, cwd=neutral, env=env, check=False)
     if r.returncode != 0:
         raise RuntimeError(f"{python} ({kind}) failed:\n{r.stderr[-2000:]}")
