@@ -12,8 +12,9 @@ returns NaN, which an epoch mean would swallow silently).
 Subnormal gradients are flushed to 0. A probability below about 1e-38 (exp32 stops at the smallest
 normal float32) times 1/(s M) lands below float32's smallest normal number, and every product that
 later reads a subnormal runs many times slower on x86 (each one takes a microcode assist): a tied
-4-layer model of width 256 with PyTorch's N(0, 1) embeddings (``init="torch"``) trained at 370
-tokens/s instead of 5,800 (docs/kernels.md, "Subnormal numbers"). Such a gradient is below 1e-38 in
+4-layer model of width 256 with PyTorch's N(0, 1) embeddings (``init="torch"``) trained at about
+400 tokens/s instead of 5,800 (``benchmarks/subnormal_speed.py``; docs/kernels.md, "Subnormal
+numbers"). Such a gradient is below 1e-38 in
 absolute value: flushing it changes nothing a float32 sum of this row could hold.
 
 ``inplace=True`` (C-contiguous logits) writes the gradient over the logits, which for GPT-2's

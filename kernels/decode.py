@@ -58,7 +58,8 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 MAX_ROWS = 8                # products with more rows go to BLAS (prefill, training)
 # smaller products (per block: 12 C^2 B) run whole on the calling thread. 2^21: the 'small' bench
 # config's LM head (4096 x 256 = 2^20) ran slower split than whole (greedy decoding at 2 threads,
-# 982-998 tokens/s with 2^20, 1,057-1,083 with 2^21 = the 1-thread rate; 2026-12-02, Intel Xeon)
+# benchmarks/decode_split_threshold.py: 1,026-1,032 tokens/s with 2^20, 1,136-1,150 with 2^21;
+# 2026-12-02, Intel Xeon)
 MIN_SPLIT_MACS = 1 << 21
 ALIGN = 16                  # column blocks start on multiples of 16 elements (64-byte lines, f32)
 _S2PI = math.sqrt(2.0 / math.pi)
