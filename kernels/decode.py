@@ -51,7 +51,7 @@ import math
 import numpy as np
 from numba import njit
 
-from kernels import blas
+from kernels import blas, spin
 from kernels._fast32 import exp32, tanh32
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -234,6 +234,77 @@ def _bias_gelu(acc, b, has_b, out, fast, n0, n1):
             out[m, n] = dt(0.5) * z * (dt(1.0) + t)
 
 
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _stage_head(x, ln_w, ln_b, wt, logits, n0, n1):
+    """The LM head for vocabulary entries n0..n1: logits[:, n0:n1] = ln_f(x) @ wt[n0:n1].T."""
+    h = np.empty(x.shape, dtype=x.dtype)
+    _layernorm(x, ln_w, ln_b, h)
+    acc = np.empty((x.shape[0], n1 - n0), dtype=logits.dtype)
+    _gemv_t_acc(h, wt, n0, n1, acc)
+    logits[:, n0:n1] = acc
+
+
+# ----------------------------------------------------------------------------- one thread's share
+@njit(nogil=True, cache=True)
+def _block_part(x, x1, a, u, ln1_w, ln1_b, w_attn, b_attn, has_qkv_b, w_proj, b_proj, ln2_w,
+                ln2_b, w_fc, b_fc, w_mproj, b_mproj, kc, vc, t0, fast, edges, passed, part,
+                nparts, sync):
+    """Thread ``part`` of ``nparts``: its share of stages 1-4 of one block, meeting the other
+    threads after each (``kernels.spin.barrier``). x (B, C) is the block's input and receives its
+    output; x1, a (B, C) and u (B, 4C) are shared scratch. ``edges`` rows: the heads, the C columns
+    and the 4C columns of each part. ``passed``: the barriers passed before; returns the count
+    after, or -1 (see ``spin.barrier``)."""
+    h0, h1 = edges[0, part], edges[0, part + 1]
+    c0, c1 = edges[1, part], edges[1, part + 1]
+    f0, f1 = edges[2, part], edges[2, part + 1]
+    if h0 < h1:                                           # 1. a[:, heads] = attention(...)
+        _stage_attention(x, ln1_w, ln1_b, w_attn, b_attn, has_qkv_b, kc, vc, t0, a, fast, h0, h1)
+    passed = spin.barrier(sync, nparts, passed)
+    if passed < 0:
+        return -1
+    if c0 < c1:                                           # 2. x1 = x + a W_proj + b   (eq. 8.1)
+        _stage_residual(a, w_proj, b_proj, True, x, x1, c0, c1)
+    passed = spin.barrier(sync, nparts, passed)
+    if passed < 0:
+        return -1
+    if f0 < f1:                                           # 3. u = gelu(ln_2(x1) W_fc + b)
+        _stage_mlp_up(x1, ln2_w, ln2_b, w_fc, b_fc, True, u, fast, f0, f1)
+    passed = spin.barrier(sync, nparts, passed)
+    if passed < 0:
+        return -1
+    if c0 < c1:                                           # 4. x = x1 + u W_mproj + b  (eq. 8.2)
+        _stage_residual(u, w_mproj, b_mproj, True, x1, x, c0, c1)
+    return spin.barrier(sync, nparts, passed)
+
+
+@njit(nogil=True, cache=True)
+def _step_part(x, x1, a, u, logits, buf, offs, has_qkv_b, kc, vc, t0, lnf_w, lnf_b, w_head, fast,
+               edges, part, nparts, sync):
+    """Thread ``part`` of ``nparts``: its share of a whole decode step, every block then the LM
+    head (its vocabulary columns, ``edges[3]``). The blocks' weights are read from ``buf`` at the
+    offsets ``offs`` (L, 12) (columns in ``WEIGHTS`` order); kc, vc (L, B, H, T_max, hs)."""
+    B, C = x.shape
+    F = u.shape[1]
+    passed = 0
+    for layer in range(offs.shape[0]):
+        o = offs[layer]
+        b_attn = buf[o[3]:o[3] + 3 * C] if has_qkv_b else buf[o[1]:o[1] + C]   # unused if none
+        passed = _block_part(
+            x, x1, a, u, buf[o[0]:o[0] + C], buf[o[1]:o[1] + C],
+            buf[o[2]:o[2] + C * 3 * C].reshape((C, 3 * C)), b_attn, has_qkv_b,
+            buf[o[4]:o[4] + C * C].reshape((C, C)), buf[o[5]:o[5] + C],
+            buf[o[6]:o[6] + C], buf[o[7]:o[7] + C],
+            buf[o[8]:o[8] + C * F].reshape((C, F)), buf[o[9]:o[9] + F],
+            buf[o[10]:o[10] + F * C].reshape((F, C)), buf[o[11]:o[11] + C],
+            kc[layer], vc[layer], t0, fast, edges, passed, part, nparts, sync)
+        if passed < 0:
+            return -1
+    v0, v1 = edges[3, part], edges[3, part + 1]
+    if v0 < v1:
+        _stage_head(x, lnf_w, lnf_b, w_head, logits, v0, v1)
+    return passed
+
+
 # ----------------------------------------------------------------------------- splitting
 @functools.lru_cache(maxsize=256)
 def _edges(size: int, n: int, align: int) -> tuple[int, ...]:
@@ -251,6 +322,19 @@ def _run(fn, args: tuple, edges: tuple[int, ...], pool) -> None:
         fn(*args, edges[0], edges[1])
     for f in futures:
         f.result()
+
+
+def _run_parts(fn, args: tuple, n: int, pool) -> None:
+    """fn(*args, part, n, sync) for part = 0..n-1 all at once: part 0 on the calling thread, the
+    others on the pool. The parts meet inside fn (``kernels.spin.barrier`` on ``sync``), so they
+    must all run together: the pool must have n - 1 threads free (decoding is never entered from
+    two Python threads at once; see ``kernels/__init__.py``)."""
+    sync = np.zeros(24, dtype=np.int64)[8:]          # the counter away from its neighbours' lines
+    futures = [pool.submit(fn, *args, part, n, sync) for part in range(1, n)]
+    results = [fn(*args, 0, n, sync)] + [f.result() for f in futures]
+    if min(results) < 0:
+        raise RuntimeError(f"decode: the {n} threads of one step did not all arrive within "
+                           f"kernels.spin.SPIN_LIMIT polls (was a pool thread busy elsewhere?)")
 
 
 def _threads_for(macs: int) -> tuple[object, int]:
@@ -320,22 +404,88 @@ def block_step(x, ln1_w, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_w, ln2_b, w_
         raise ValueError(f"block_step: caches {k_cache.shape}/{v_cache.shape} do not fit x {x.shape}")
     if not 0 <= t0 < T_max:
         raise ValueError(f"block_step: position t0={t0} is outside the cache (max_len {T_max})")
-    x = np.ascontiguousarray(x)
-    dt = x.dtype
+    x = np.array(x, order="C")                            # receives the output (a copy)
     has_qkv_b = b_attn is not None
-    if not has_qkv_b:
-        b_attn = x[0]                                       # unused placeholder of the right type
-    fast = dt == np.float32
-    a = np.empty((B, C), dtype=dt)
-    x1 = np.empty((B, C), dtype=dt)
-    u = np.empty((B, w_fc.shape[1]), dtype=dt)
-    x2 = np.empty((B, C), dtype=dt)
     pool, n = _threads_for(B * C * (3 * C + C + 2 * w_fc.shape[1]))
-    heads = _edges(H, min(n, H), 1)
-    _run(_stage_attention, (x, ln1_w, ln1_b, w_attn, b_attn, has_qkv_b, k_cache, v_cache, t0, a,
-                            fast), heads, pool)                                       # stage 1
-    _run(_stage_residual, (a, w_proj, b_proj, True, x, x1), _edges(C, n, ALIGN), pool)  # stage 2
-    _run(_stage_mlp_up, (x1, ln2_w, ln2_b, w_fc, b_fc, True, u, fast),
-         _edges(u.shape[1], n, ALIGN), pool)                                          # stage 3
-    _run(_stage_residual, (u, w_mproj, b_mproj, True, x1, x2), _edges(C, n, ALIGN), pool)  # 4
-    return x2
+    x1, a, u, edges = _scratch(x, w_fc.shape[1], H, 0, n)
+    _run_parts(_block_part, (x, x1, a, u, ln1_w, ln1_b, w_attn, b_attn if has_qkv_b else ln1_b,
+                             has_qkv_b, w_proj, b_proj, ln2_w, ln2_b, w_fc, b_fc, w_mproj, b_mproj,
+                             k_cache, v_cache, t0, x.dtype == np.float32, edges, 0), n, pool)
+    return x
+
+
+def _scratch(x: np.ndarray, F: int, H: int, V: int, n: int):
+    """The arrays the parts share (x1, a (B, C), u (B, F)) and each part's edges (4, n + 1): its
+    heads, C columns, F columns and V (vocabulary) columns."""
+    B, C = x.shape
+    x1, a, u = np.empty_like(x), np.empty_like(x), np.empty((B, F), dtype=x.dtype)
+    edges = np.array([_edges(H, n, 1), _edges(C, n, ALIGN), _edges(F, n, ALIGN),
+                      _edges(V, n, ALIGN)], dtype=np.int64)
+    return x1, a, u, edges
+
+
+# ----------------------------------------------------------------------------- a whole step
+WEIGHTS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
+           "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
+           "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
+
+
+def root(a: np.ndarray) -> np.ndarray:
+    """The array whose memory ``a`` views (following ``.base``), or ``a`` itself."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def weight_offsets(buf: np.ndarray, layers) -> np.ndarray | None:
+    """(L, 12) element offsets into the 1-D contiguous ``buf`` of each layer's weights (``layers``:
+    L sequences in ``WEIGHTS`` order; the qkv bias may be None: offset -1), or None when a weight is
+    not a C-contiguous view of ``buf`` with its dtype (then ``step`` cannot read it from there)."""
+    if buf.ndim != 1 or not buf.flags.c_contiguous:
+        return None
+    start, size = buf.__array_interface__["data"][0], buf.itemsize
+    offs = np.full((len(layers), len(WEIGHTS)), -1, dtype=np.int64)
+    for i, ws in enumerate(layers):
+        for j, w in enumerate(ws):
+            if w is None and j == 3:
+                continue
+            if (w is None or w.dtype != buf.dtype or not w.flags.c_contiguous
+                    or root(w) is not root(buf)):
+                return None
+            off, rem = divmod(w.__array_interface__["data"][0] - start, size)
+            if rem or off < 0 or off + w.size > buf.size:
+                return None
+            offs[i, j] = off
+    has_b = offs[:, 3] >= 0
+    return offs if has_b.all() or not has_b.any() else None    # a qkv bias in every layer or none
+
+
+def step(x, buf, offs, hidden: int, k_all, v_all, t0: int, lnf_w, lnf_b, w_head) -> np.ndarray:
+    """A whole KV-cached decode step for ONE new position per row: the embedded tokens x (B, C)
+    through every block and the final layernorm to the LM head's logits (B, V).
+
+    The blocks' weights are read from ``buf`` (1-D, the model's flat parameters) at ``offs``
+    (``weight_offsets``), their MLP ``hidden`` wide (4C in GPT-2); k_all, v_all (L, B, H, T_max, hs)
+    receive the new keys and values at ``t0``; w_head (V, C) (``wte`` when tied). One Numba call
+    per thread for the whole step, the threads meeting after each stage (4 per block) by spinning
+    (``kernels/spin.py``): one hand-off per token instead of one per stage."""
+    _check_rows(x, "step")
+    B, C = x.shape
+    L, H, T_max = k_all.shape[0], k_all.shape[2], k_all.shape[3]
+    if (k_all.ndim != 5 or k_all.shape[1] != B or H * k_all.shape[4] != C
+            or v_all.shape != k_all.shape or offs.shape != (L, len(WEIGHTS))):
+        raise ValueError(f"step: caches {k_all.shape}/{v_all.shape} and offsets {offs.shape} do not "
+                         f"fit x {x.shape} (need (L, B, H, T_max, C // H) and (L, 12))")
+    if not 0 <= t0 < T_max:
+        raise ValueError(f"step: position t0={t0} is outside the cache (max_len {T_max})")
+    if w_head.ndim != 2 or w_head.shape[1] != C or not w_head.flags.c_contiguous:
+        raise ValueError(f"step: w_head must be a row-major (V, {C}) array, got {w_head.shape}")
+    if len({x.dtype, buf.dtype, k_all.dtype, v_all.dtype, w_head.dtype, lnf_w.dtype}) != 1:
+        raise ValueError("step: x, the weights and the caches must share one dtype")
+    x = np.array(x, order="C")                       # becomes each block's output in turn
+    pool, n = _threads_for(B * C * (3 * C + C + 2 * hidden))
+    x1, a, u, edges = _scratch(x, hidden, H, w_head.shape[0], n)
+    logits = np.empty((B, w_head.shape[0]), dtype=x.dtype)
+    _run_parts(_step_part, (x, x1, a, u, logits, buf, offs, bool((offs[:, 3] >= 0).all()), k_all,
+                            v_all, t0, lnf_w, lnf_b, w_head, x.dtype == np.float32, edges), n, pool)
+    return logits

@@ -94,3 +94,27 @@ def decode_block_step(x, p: dict, n_heads: int, k_cache, v_cache, t0: int):
         p["mlp.c_fc.weight"], p["mlp.c_fc.bias"], p["mlp.c_proj.weight"], p["mlp.c_proj.bias"],
         k_cache, v_cache, t0)
     return out.reshape(B, 1, C)
+
+
+def decode_step(x, block_params: list, n_heads: int, cache, lnf_w, lnf_b, w_head, plan: dict):
+    """Every block, ln_f and the LM head for ONE new position per row, as one call per thread
+    (``kernels.decode.step``): the embedded x (B, 1, C) -> logits (B, 1, V). Returns None when
+    that kernel does not apply (several new positions, more than ``kernels.decode.MAX_ROWS`` rows,
+    a LoRA adapter, a block without its biases, weights outside one buffer, mixed dtypes); the
+    caller then runs block by block. ``plan``: a dict the caller keeps between steps (the weights'
+    offsets, found once)."""
+    B, T, C = x.shape
+    if (T != 1 or B > _decode.MAX_ROWS or cache.k_all.shape[2] != n_heads
+            or any(n.endswith("lora_A") for bp in block_params for n in bp)):
+        return None
+    layers = [tuple(bp.get(n) for n in _decode.WEIGHTS) for bp in block_params]
+    key = tuple(id(w) for ws in layers for w in ws)     # the same arrays: the same offsets
+    if plan.get("key") != key:
+        buf = _decode.root(layers[0][0])
+        plan.update(key=key, buf=buf, offs=_decode.weight_offsets(buf, layers))
+    buf, offs = plan["buf"], plan["offs"]
+    if offs is None or len({x.dtype, buf.dtype, cache.k_all.dtype, w_head.dtype}) != 1:
+        return None
+    logits = _decode.step(x.reshape(B, C), buf, offs, layers[0][8].shape[1], cache.k_all,
+                          cache.v_all, cache.pos, lnf_w, lnf_b, w_head)
+    return logits.reshape(B, 1, -1)

@@ -124,6 +124,7 @@ class GPTModel:
         self.params = named_views(self.flat_params, self.table)
         self.grads = named_views(self.flat_grads, self.table)
         self._block_params = _block_dicts(self.params, cfg.n_layers)
+        self._decode_plan: dict = {}                  # kernels: where decoding reads the weights
         if cfg.lora_rank:   # LoRA adapters (minigpt.lora) are scaled by alpha / r; the blocks read it
             for bp in self._block_params:
                 bp["lora_scale"] = cfg.lora_scale
@@ -414,6 +415,13 @@ class GPTModel:
                              "tokens")
         p, t0, ops = self.params, cache.pos, backend.ops()
         x, _ = ops.embedding_forward(idx, p["wte.weight"], p["wpe.weight"], t0)       # (B, T, C)
+        fused = getattr(ops, "decode_step", None)     # the Numba path: the whole step, T = 1
+        if fused is not None:                         # (kernels/decode.py); None: not applicable
+            logits = fused(x, self._block_params, self.cfg.n_heads, cache, p["ln_f.weight"],
+                           p["ln_f.bias"], self.head_weight(), self._decode_plan)
+            if logits is not None:
+                cache.pos += 1
+                return logits                                                         # (B, 1, V)
         for i, bp in enumerate(self._block_params):
             x = block_step(x, bp, self.cfg.n_heads, cache.k[i], cache.v[i], t0)   # (B, T, C)
         x, _ = ops.layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])

@@ -185,3 +185,99 @@ def test_cached_decode_logits_equal_the_uncached_forward(split_everything, B):
         parts = [m.forward(idx[:, :3], kv_cache=cache)]
         parts += [m.forward(idx[:, t:t + 1], kv_cache=cache) for t in range(3, 9)]
     np.testing.assert_allclose(np.concatenate(parts, axis=1), ref, rtol=1e-10, atol=1e-10)
+
+
+# --- the whole step (kernels.decode.step, kernels.spin) ---------------------------------------------
+def _spy_step(monkeypatch):
+    """Count the calls of kernels.decode.step (so a silent fallback cannot pass for it)."""
+    calls = []
+    real = decode.step
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(decode, "step", spy)
+    return calls
+
+
+def _decode_all(m, idx, threads):
+    """Prefill 3 tokens, then one token per step on the numba path at ``threads`` threads."""
+    kb.set_threads(threads)
+    cache = KVCache(m.cfg, idx.shape[0], dtype=m.dtype)
+    with backend.use("numba"):
+        parts = [m.forward(idx[:, :3], kv_cache=cache)]
+        parts += [m.forward(idx[:, t:t + 1], kv_cache=cache) for t in range(3, idx.shape[1])]
+    return np.concatenate(parts, axis=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("qkv_bias, tied", [(True, True), (False, False)])
+def test_step_gives_the_same_bits_at_every_thread_count(split_everything, monkeypatch, dtype,
+                                                        qkv_bias, tied):
+    """The whole-step kernel, its threads meeting by spinning after every stage: the same logits,
+    bit for bit, at 1, 2 and 3 threads (each output column sums in one order whatever its block),
+    and within rounding of the uncached forward on the NumPy layers."""
+    calls = _spy_step(monkeypatch)
+    cfg = GPTConfig(vocab_size=53, context_length=12, emb_dim=24, n_heads=3, n_layers=3,
+                    drop_rate=0.0, qkv_bias=qkv_bias, tie_weights=tied)
+    m = GPTModel(cfg, seed=7, dtype=dtype)
+    idx = np.random.default_rng(2).integers(0, 53, (2, 10))
+    with backend.use("numpy"):
+        ref = m.forward(idx)
+    out = {t: _decode_all(m, idx, t) for t in THREADS}
+    assert len(calls) == 7 * len(THREADS)                      # every one-token step took the kernel
+    for t in THREADS[1:]:
+        assert np.array_equal(out[t], out[1]), f"{t} threads differ from 1"
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(out[1], ref, rtol=tol, atol=tol)
+
+
+def test_step_negative_control(split_everything, monkeypatch):
+    """The comparison above catches a step that reads the wrong weights: every layer given layer
+    0's offsets."""
+    cfg = GPTConfig(vocab_size=53, context_length=12, emb_dim=24, n_heads=3, n_layers=3,
+                    drop_rate=0.0, qkv_bias=True)
+    m = GPTModel(cfg, seed=7, dtype=np.float64)
+    idx = np.random.default_rng(2).integers(0, 53, (1, 8))
+    with backend.use("numpy"):
+        ref = m.forward(idx)
+    real = decode.step
+
+    def wrong(x, buf, offs, *rest):
+        return real(x, buf, np.repeat(offs[:1], len(offs), axis=0), *rest)
+    monkeypatch.setattr(decode, "step", wrong)
+    out = _decode_all(m, idx, 2)
+    assert not np.allclose(out[:, 3:], ref[:, 3:], rtol=1e-4, atol=1e-4)
+
+
+def test_step_falls_back_when_weights_are_not_in_one_buffer(split_everything, monkeypatch):
+    """A block weight that is not a view of the flat buffer: ``weight_offsets`` says None, the model
+    runs block by block, and the logits are still right."""
+    calls = _spy_step(monkeypatch)
+    cfg = GPTConfig(vocab_size=37, context_length=10, emb_dim=16, n_heads=4, n_layers=2,
+                    drop_rate=0.0, qkv_bias=True)
+    m = GPTModel(cfg, seed=5, dtype=np.float64)
+    idx = np.random.default_rng(0).integers(0, 37, (1, 7))
+    with backend.use("numpy"):
+        ref = m.forward(idx)
+    m._block_params[1]["mlp.c_fc.weight"] = m._block_params[1]["mlp.c_fc.weight"].copy()
+    out = _decode_all(m, idx, 2)
+    assert calls == []
+    np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-10)
+    bps = m._block_params
+    layers = [tuple(bp.get(n) for n in decode.WEIGHTS) for bp in bps]
+    assert decode.weight_offsets(m.flat_params, layers) is None
+    bps[1]["mlp.c_fc.weight"] = m.params["h.1.mlp.c_fc.weight"]
+    layers = [tuple(bp.get(n) for n in decode.WEIGHTS) for bp in bps]
+    offs = decode.weight_offsets(m.flat_params, layers)
+    assert offs is not None and offs[1, 8] == m.ranges["h.1.mlp.c_fc.weight"][0]
+
+
+def test_spin_barrier_gives_up_instead_of_hanging():
+    """A barrier for two threads entered by one returns -1 after its poll limit (step then raises)
+    rather than spinning for ever; with every thread there it passes."""
+    from kernels import spin
+    sync = np.zeros(1, dtype=np.int64)
+    assert spin.barrier(sync, 2, 0, 10_000) == -1
+    sync[:] = 0
+    assert spin.barrier(sync, 1, 0, 10_000) == 1 and spin.barrier(sync, 1, 1, 10_000) == 2

@@ -13,7 +13,8 @@ import numpy as np
 
 
 class KVCache:
-    """Preallocated keys and values: ``k[layer]``, ``v[layer]`` of shape (B, H, max_len, hs).
+    """Preallocated keys and values: ``k[layer]``, ``v[layer]`` of shape (B, H, max_len, hs), views
+    of ``k_all``, ``v_all`` (L, B, H, max_len, hs).
 
     ``pos`` is the number of positions already stored; the next tokens go to ``pos, pos+1, ...``.
     """
@@ -28,9 +29,11 @@ class KVCache:
         self.batch_size = int(batch_size)
         self.max_len = max_len
         self.dtype = np.dtype(dtype).type
-        shape = (self.batch_size, cfg.n_heads, max_len, cfg.head_dim)
-        self.k = [np.zeros(shape, dtype=self.dtype) for _ in range(cfg.n_layers)]
-        self.v = [np.zeros(shape, dtype=self.dtype) for _ in range(cfg.n_layers)]
+        shape = (cfg.n_layers, self.batch_size, cfg.n_heads, max_len, cfg.head_dim)
+        self.k_all = np.zeros(shape, dtype=self.dtype)     # every layer's, for a whole-step kernel
+        self.v_all = np.zeros(shape, dtype=self.dtype)
+        self.k = list(self.k_all)                          # views, one per layer
+        self.v = list(self.v_all)
         self.pos = 0
 
     def reset(self) -> None:
@@ -48,4 +51,4 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v)
+        return self.k_all.nbytes + self.v_all.nbytes
