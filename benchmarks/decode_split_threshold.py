@@ -1,5 +1,6 @@
-"""KV-cached greedy decoding at two values of ``kernels.decode.MIN_SPLIT_MACS``: below it a product
-runs whole on the calling thread, from it on it is split over the threads.
+"""KV-cached greedy decoding at two values of ``kernels.decode.MIN_STEP_SPLIT_MACS``: below it a
+decode step (per block, 12 C^2 B multiply-adds) runs whole on the calling thread, from it on it
+is shared by the threads.
 
     python benchmarks/decode_split_threshold.py [--config small] [--threads 2]
 
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="small", choices=sorted(CONFIGS))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--values", default="20,21", help="log2 of the thresholds to compare")
+    ap.add_argument("--values", default="18,21", help="log2 of the thresholds to compare")
     args = ap.parse_args(argv)
     backend.set_threads(args.threads)
     cfg, _, _ = CONFIGS[args.config]
@@ -41,15 +42,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"config {args.config}, {args.threads} thread(s), "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    old = decode.MIN_SPLIT_MACS
+    old = decode.MIN_STEP_SPLIT_MACS
     try:
         for rnd in range(3):
             for p in (int(v) for v in args.values.split(",")):
-                decode.MIN_SPLIT_MACS = 1 << p
-                print(f"  round {rnd + 1}: MIN_SPLIT_MACS 2^{p}: {max(run() for _ in range(5)):,.0f} "
-                      "tokens/s")
+                decode.MIN_STEP_SPLIT_MACS = 1 << p
+                print(f"  round {rnd + 1}: MIN_STEP_SPLIT_MACS 2^{p}: "
+                      f"{max(run() for _ in range(5)):,.0f} tokens/s")
     finally:
-        decode.MIN_SPLIT_MACS = old
+        decode.MIN_STEP_SPLIT_MACS = old
     return 0
 
 

@@ -1,46 +1,53 @@
-"""KV-cached decoding: one new token per sequence, every product split across threads by columns.
+"""KV-cached decoding: one new token per sequence, every product shared by the threads.
 
 At batch 1 every product of a decode step has ONE row: x (1, K) @ W (K, N). It does K*N
 multiply-adds on K*N weights read once from memory, so it is bound by memory bandwidth, not by
 arithmetic (GPT-2 124M reads ~500 MB of float32 weights per token; docs/kernels.md, "Decoding").
-``kernels.blas.gemm`` splits products by rows, and a one-row product has nothing to split, so
-decoding ran on one core. Here each thread takes its own block of OUTPUT COLUMNS (for attention:
-its own heads) and streams only its part of the weights:
+``kernels.blas.gemm`` splits products by rows of the result, and a one-row product has nothing
+to split there. The entry points:
 
     gemv(x, w, b)           x (M, K) @ w (K, N) + b -> (M, N)       any linear layer, M <= MAX_ROWS
     gemv(x, wt.T)           x (M, K) @ wt.T     -> (M, N)           the LM head: wt = wte, (V, C)
-    block_step(x, ...)      x (B, C) -> (B, C)  one transformer block for one new position per row
+    step(x, buf, offs, ...) x (B, C) -> logits (B, V)   every block and the LM head, one position
+    block_step(x, ...)      x (B, C) -> (B, C)          one block, one position (``step``'s block)
 
-``block_step`` is the block of ``minigpt/block.py`` (pre-LN, eqs. 8.1-8.2) for T = 1, in four
-stages; each is one Numba call per thread, and between stages the threads meet once:
+``step`` is the model's decode step after the embedding: each block of ``minigpt/block.py``
+(pre-LN, eqs. 8.1-8.2) for T = 1, then ln_f and the LM head, as ONE Numba call per thread. The
+threads meet inside it, by spinning on a shared counter (``kernels/spin.py``), five times per
+block:
 
-    1. heads h0..h1:   ln_1(x) -> their q, k, v columns -> k, v into the cache -> attention
-                       over the cache (eq. 6.x), written into a[:, h0*hs : h1*hs]
-    2. columns n0..n1: x1 = x + a @ W_proj + b                                  (eq. 8.1)
-    3. columns n0..n1: u = gelu(ln_2(x1) @ W_fc + b)
-    4. columns n0..n1: x2 = x1 + u @ W_mproj + b                                (eq. 8.2)
+    ln_1(x) -> [qkv partials] -> its heads: q, k, v, k and v into the cache, attention -> [a]
+    -> [a W_proj partials] -> x1 = x + ... + b, ln_2(x1) -> [W_fc partials] -> gelu -> [W_mproj
+    partials] -> x = x1 + ... + b                                         ([...]: then they meet)
 
-Stage 1 needs no meeting between the qkv product and the attention because a head's q, k and v
-are columns of qkv that the same thread computed. The layernorms are recomputed by every thread
-(C numbers, nothing next to the weights). One thread (or a block too small to pay for the
-hand-offs, ``MIN_SPLIT_MACS``) runs the same four Numba calls whole, on the calling thread: four
-calls per block instead of some twenty NumPy and Numba ops (the small bench config's decode was
-dominated by Python and dispatch, not by arithmetic). They are not merged into one Numba function:
-LLVM would inline them under one function's fast-math attributes and round differently from the
-split path (measured), and the bits would then depend on the thread count.
+and then each thread takes its block of the vocabulary for the LM head (one dot product per
+logit with a contiguous row of wte). Handing each stage to a pool thread from Python instead
+cost a thread wake-up, ~0.1 ms on this VM, 49 times per GPT-2 token.
 
-Summation order: every output sums over k in the same order (rows of w four at a time) whatever
-its column block, and each head's attention is computed whole by one thread, so the bits do not
-depend on the thread count (tests/test_decode.py). For that the loops ALONG the columns are
-compiled without fastmath: with it LLVM may fuse a multiply-add into an FMA differently in the
-vectorised body and in the scalar tail of a loop, and which columns fall in the tail depends on
-the block (measured: last-bit differences between 1 and 2 threads). Reductions along a row (the
-layernorm, the LM head's dot products, attention over one head) run the same loop for every
-output and keep fastmath, which lets them vectorise. They differ from BLAS's and the layers' NumPy
-in the last bits, as any two BLAS calls do.
+How a product is shared (``_products``): its K rows are cut in two fixed halves, and each half
+gives a partial product (B, N); the output is partial_0 + partial_1 (+ bias ...). With two
+threads, one streams the first half of W and the other the second half, each a contiguous
+stretch of memory: measured from memory at 2 threads, 27.5 GB/s this way against 23.2 GB/s
+when each thread took half of every row (the column split this module used before; 2026-12-02,
+Intel Xeon). With 2p threads, p take each half, each a block of its columns; with an odd count
+every thread takes both halves of its block of columns. The elementwise steps between products
+(the residual adds, the layernorms, GELU) are C or 4C numbers per row: every thread computes them
+whole for itself (GELU only for the rows of W_mproj it will read) rather than meeting again.
 
-The blocks run on ``kernels.blas``'s pool (``kernels.blas.pool()``: the threads the training
-products use, blocking instead of spinning when idle); the Numba functions release the GIL.
+Summation order: every output sums over k in the same order whatever thread computes it (its
+half from the half's first row, four rows at a time, then partial_0 + partial_1), each head's
+attention is computed whole by one thread, and every thread runs the same code for the steps it
+computes whole, so the bits do not depend on the thread count (tests/test_decode.py). For that
+the loops ALONG the columns are compiled without fastmath: with it LLVM may fuse a multiply-add
+into an FMA differently in the vectorised body and in the scalar tail of a loop, and which
+columns fall in the tail depends on the block (measured: last-bit differences between 1 and 2
+threads). Reductions along a row (the layernorm, the LM head's dot products, attention over one
+head) run the same loop for every output and keep fastmath, which lets them vectorise. They
+differ from BLAS's and the layers' NumPy in the last bits, as any two BLAS calls do.
+
+The threads are ``kernels.blas``'s pool (``kernels.blas.pool()``: the threads the training
+products use); the Numba functions release the GIL. A step too small to pay for the meetings
+(``MIN_SPLIT_MACS`` per block) runs on the calling thread alone: the same code with one part.
 """
 
 from __future__ import annotations
@@ -56,27 +63,45 @@ from kernels._fast32 import exp32, tanh32
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 MAX_ROWS = 8                # products with more rows go to BLAS (prefill, training)
-# smaller products (per block: 12 C^2 B) run whole on the calling thread. 2^21: the 'small' bench
-# config's LM head (4096 x 256 = 2^20) ran slower split than whole (greedy decoding at 2 threads,
-# benchmarks/decode_split_threshold.py: 1,026-1,032 tokens/s with 2^20, 1,136-1,150 with 2^21;
-# 2026-12-02, Intel Xeon)
+# ``gemv`` runs a product below MIN_SPLIT_MACS multiply-adds whole on the calling thread (each
+# block of a split one is handed to a pool thread from Python, ~0.1 ms to wake it). 2^21: the
+# 'small' bench config's LM head (4096 x 256 = 2^20) ran slower split than whole when decoding went
+# through gemv (benchmarks/decode_split_threshold.py: 1,026-1,032 tokens/s with 2^20, 1,136-1,150
+# with 2^21; 2026-12-02, Intel Xeon).
 MIN_SPLIT_MACS = 1 << 21
+# ``step`` and ``block_step`` run a block of fewer multiply-adds (12 C^2 B) whole on the calling
+# thread. 2^18: the 'small' config (2^19.6 per block) decodes faster split, now that the threads
+# meet by spinning (benchmarks/decode_split_threshold.py --values 18,21,22: 1,488-1,633 tokens/s
+# split, 1,278-1,297 whole; 2026-12-02 21:11 UTC, Intel Xeon).
+MIN_STEP_SPLIT_MACS = 1 << 18
 ALIGN = 16                  # column blocks start on multiples of 16 elements (64-byte lines, f32)
 _S2PI = math.sqrt(2.0 / math.pi)
 
 
 # ----------------------------------------------------------------------------- Numba pieces
+@njit(inline="always")
+def _edge(size, n, i, align):
+    """Edge i of n blocks over range(size), inner edges rounded to multiples of ``align``
+    (``_edges`` below, inside compiled code)."""
+    if i <= 0:
+        return 0
+    if i >= n:
+        return size
+    return min(size, (size * i // n + align // 2) // align * align)
+
+
 @njit(nogil=True, cache=True)           # no fastmath: see "Summation order" above
-def _gemv_acc(x, w, n0, n1, acc):
-    """acc (M, n1-n0) = x (M, K) @ w[:, n0:n1]; w row-major (K, N).
+def _gemv_acc(x, w, k0, k1, n0, n1, acc, c0):
+    """acc[:, c0:c0+n1-n0] = x[:, k0:k1] @ w[k0:k1, n0:n1]; x (M, K), w row-major (K, N).
 
     Rows of w are streamed once, four at a time, and used by every row of x while in cache; each
-    output sums over k in the same order whatever n0, n1 are."""
-    M, K = x.shape
+    output sums over k in the same order (from k0, four rows at a time) whatever n0, n1 are."""
+    M = x.shape[0]
     nb = n1 - n0
-    acc[:, :] = 0
-    k = 0
-    while k + 4 <= K:
+    for m in range(M):
+        acc[m, c0:c0 + nb] = 0
+    k = k0
+    while k + 4 <= k1:
         w0 = w[k, n0:n1]
         w1 = w[k + 1, n0:n1]
         w2 = w[k + 2, n0:n1]
@@ -86,15 +111,15 @@ def _gemv_acc(x, w, n0, n1, acc):
             x1 = x[m, k + 1]
             x2 = x[m, k + 2]
             x3 = x[m, k + 3]
-            a = acc[m]
+            a = acc[m, c0:c0 + nb]
             for n in range(nb):
                 a[n] += (x0 * w0[n] + x1 * w1[n]) + (x2 * w2[n] + x3 * w3[n])
         k += 4
-    while k < K:
+    while k < k1:
         wk = w[k, n0:n1]
         for m in range(M):
             xk = x[m, k]
-            a = acc[m]
+            a = acc[m, c0:c0 + nb]
             for n in range(nb):
                 a[n] += xk * wk[n]
         k += 1
@@ -114,7 +139,7 @@ def _gemv_t_acc(x, wt, n0, n1, acc):
             acc[m, n - n0] = s
 
 
-@njit(inline="always", fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def _layernorm(x, w, b, out):
     """out (M, C) = layernorm of each row of x (M, C), eps 1e-5 (eqs. 2.1-2.3)."""
     M, C = x.shape
@@ -137,7 +162,7 @@ def _layernorm(x, w, b, out):
 def _gemv(x, w, b, has_b, out, n0, n1):
     """out[:, n0:n1] = x @ w[:, n0:n1] (+ b[n0:n1])."""
     acc = np.empty((x.shape[0], n1 - n0), dtype=out.dtype)
-    _gemv_acc(x, w, n0, n1, acc)
+    _gemv_acc(x, w, 0, w.shape[0], n0, n1, acc, 0)
     for m in range(x.shape[0]):
         for n in range(n0, n1):
             out[m, n] = acc[m, n - n0] + b[n] if has_b else acc[m, n - n0]
@@ -151,35 +176,62 @@ def _gemv_t(x, wt, out, n0, n1):
     out[:, n0:n1] = acc
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
-def _stage_attention(x, ln_w, ln_b, w_attn, b_attn, has_b, kc, vc, t0, a, fast, h0, h1):
-    """Stage 1 for heads h0..h1: a[:, heads] = attention(ln_1(x) @ W_attn + b) over the cache.
+# ----------------------------------------------------------------------------- one stage's pieces
+@njit(nogil=True, cache=True)
+def _products(x, w, part, nparts, acc):
+    """This thread's share of a one-row product cut in two halves of its rows (k):
+    acc[r] (B, N) = x[:, rows r] @ w[rows r], r = 0, 1 (the halves split at a multiple of 4).
 
-    x (B, C); kc, vc (B, H, T_max, hs): row b's new key and value go to position t0."""
-    B, C = x.shape
+    With an even thread count, half the threads take the first half of the rows and half the
+    second, each a block of the columns: one thread streams ONE contiguous stretch of w (two
+    threads: each half of the matrix, front to back). With an odd count every thread takes both
+    halves of its column block. Either way each partial sums its half in the same order."""
+    K, N = w.shape
+    half = K // 8 * 4
+    if nparts % 2 == 0:
+        pairs = nparts // 2
+        r, i = part // pairs, part % pairs
+        n0, n1 = _edge(N, pairs, i, ALIGN), _edge(N, pairs, i + 1, ALIGN)
+        if n0 < n1:
+            _gemv_acc(x, w, half * r, half if r == 0 else K, n0, n1, acc[r], n0)
+    else:
+        n0, n1 = _edge(N, nparts, part, ALIGN), _edge(N, nparts, part + 1, ALIGN)
+        if n0 < n1:
+            _gemv_acc(x, w, 0, half, n0, n1, acc[0], n0)
+            _gemv_acc(x, w, half, K, n0, n1, acc[1], n0)
+
+
+@njit(nogil=True, cache=True)           # no fastmath: an element's bits must not depend on n0
+def _qkv(acc, b, has_b, q, kc, vc, t0, c0, c1):
+    """Columns c0..c1 of each of q, k, v: the two partials + bias; k, v into the caches at t0."""
+    B = q.shape[0]
+    C = q.shape[1]
     hs = kc.shape[3]
-    dt = x.dtype.type
+    dt = q.dtype.type
+    for bi in range(B):
+        for c in range(c0, c1):
+            for j in range(3):
+                n = j * C + c
+                z = (acc[0, bi, n] + acc[1, bi, n]) + (b[n] if has_b else dt(0.0))
+                if j == 0:
+                    q[bi, c] = z
+                elif j == 1:
+                    kc[bi, c // hs, t0, c % hs] = z
+                else:
+                    vc[bi, c // hs, t0, c % hs] = z
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _attend(q, kc, vc, t0, a, fast, h0, h1):
+    """a[:, heads h0..h1] = causal attention of q over the cached positions 0..t0 (eq. 6.x)."""
+    B = q.shape[0]
+    hs = kc.shape[3]
+    dt = q.dtype.type
     scale = dt(1.0 / np.sqrt(hs))
-    h = np.empty((B, C), dtype=x.dtype)
-    _layernorm(x, ln_w, ln_b, h)
-    lo, hi = h0 * hs, h1 * hs
-    q = np.empty((B, hi - lo), dtype=x.dtype)
-    k = np.empty((B, hi - lo), dtype=x.dtype)
-    v = np.empty((B, hi - lo), dtype=x.dtype)
-    _gemv_acc(h, w_attn, lo, hi, q)                       # q columns of these heads
-    _gemv_acc(h, w_attn, C + lo, C + hi, k)               # their k columns
-    _gemv_acc(h, w_attn, 2 * C + lo, 2 * C + hi, v)       # their v columns
-    s = np.empty(t0 + 1, dtype=x.dtype)
+    s = np.empty(t0 + 1, dtype=q.dtype)
     for bi in range(B):
         for hd in range(h0, h1):
-            j0 = (hd - h0) * hs
-            for d in range(hs):
-                qb = b_attn[lo + j0 + d] if has_b else dt(0.0)
-                kb = b_attn[C + lo + j0 + d] if has_b else dt(0.0)
-                vb = b_attn[2 * C + lo + j0 + d] if has_b else dt(0.0)
-                q[bi, j0 + d] += qb
-                kc[bi, hd, t0, d] = k[bi, j0 + d] + kb
-                vc[bi, hd, t0, d] = v[bi, j0 + d] + vb
+            j0 = hd * hs
             mx = -np.inf
             for j in range(t0 + 1):                         # s_j = q . k_j / sqrt(hs), j <= t0
                 acc = dt(0.0)
@@ -194,48 +246,35 @@ def _stage_attention(x, ln_w, ln_b, w_attn, b_attn, has_b, kc, vc, t0, a, fast, 
                 tot += e
             inv = dt(1.0) / tot
             for d in range(hs):
-                a[bi, lo + j0 + d] = 0
+                a[bi, j0 + d] = 0
             for j in range(t0 + 1):                         # out = sum_j p_j v_j
                 pj = s[j] * inv
                 for d in range(hs):
-                    a[bi, lo + j0 + d] += pj * vc[bi, hd, j, d]
+                    a[bi, j0 + d] += pj * vc[bi, hd, j, d]
 
 
-@njit(nogil=True, cache=True)
-def _stage_residual(u, w, b, has_b, x, out, n0, n1):
-    """Stages 2 and 4: out[:, n0:n1] = x[:, n0:n1] + u @ w[:, n0:n1] + b[n0:n1]."""
-    acc = np.empty((u.shape[0], n1 - n0), dtype=out.dtype)
-    _gemv_acc(u, w, n0, n1, acc)
-    for m in range(u.shape[0]):
+@njit(nogil=True, cache=True)           # no fastmath: an element's bits must not depend on n0
+def _residual(acc, b, x, out, n0, n1):
+    """Columns n0..n1: out = x + (the two partials + b)                    (eqs. 8.1, 8.2)."""
+    for m in range(x.shape[0]):
         for n in range(n0, n1):
-            r = acc[m, n - n0] + b[n] if has_b else acc[m, n - n0]
-            out[m, n] = x[m, n] + r
+            out[m, n] = x[m, n] + ((acc[0, m, n] + acc[1, m, n]) + b[n])
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
-def _stage_mlp_up(x, ln_w, ln_b, w, b, has_b, out, fast, n0, n1):
-    """Stage 3: out[:, n0:n1] = gelu(ln_2(x) @ w[:, n0:n1] + b[n0:n1]) (tanh GELU, eq. 4.1)."""
-    h = np.empty(x.shape, dtype=x.dtype)
-    _layernorm(x, ln_w, ln_b, h)
-    acc = np.empty((x.shape[0], n1 - n0), dtype=out.dtype)
-    _gemv_acc(h, w, n0, n1, acc)
-    _bias_gelu(acc, b, has_b, out, fast, n0, n1)
-
-
-@njit(nogil=True, cache=True)           # no fastmath: the bits of a column must not depend on n0
-def _bias_gelu(acc, b, has_b, out, fast, n0, n1):
-    """out[:, n0:n1] = gelu(acc + b[n0:n1])."""
+@njit(nogil=True, cache=True)           # no fastmath: an element's bits must not depend on n0
+def _bias_gelu(acc, b, out, fast, n0, n1):
+    """Columns n0..n1: out = gelu(the two partials + b) (tanh GELU, eq. 4.1)."""
     dt = out.dtype.type
-    for m in range(acc.shape[0]):
+    for m in range(out.shape[0]):
         for n in range(n0, n1):
-            z = acc[m, n - n0] + b[n] if has_b else acc[m, n - n0]
+            z = (acc[0, m, n] + acc[1, m, n]) + b[n]
             u = dt(_S2PI) * (z + dt(0.044715) * z * z * z)
             t = tanh32(u) if fast else np.tanh(u)
             out[m, n] = dt(0.5) * z * (dt(1.0) + t)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def _stage_head(x, ln_w, ln_b, wt, logits, n0, n1):
+def _head(x, ln_w, ln_b, wt, logits, n0, n1):
     """The LM head for vocabulary entries n0..n1: logits[:, n0:n1] = ln_f(x) @ wt[n0:n1].T."""
     h = np.empty(x.shape, dtype=x.dtype)
     _layernorm(x, ln_w, ln_b, h)
@@ -245,63 +284,105 @@ def _stage_head(x, ln_w, ln_b, wt, logits, n0, n1):
 
 
 # ----------------------------------------------------------------------------- one thread's share
+@njit(inline="always")
+def _rows_read(F, part, nparts):
+    """The rows of a (F, N) weight that ``_products`` has this thread read: (first, stop)."""
+    if nparts % 2 == 0:
+        half = F // 8 * 4
+        return (0, half) if part < nparts // 2 else (half, F)
+    return 0, F
+
+
 @njit(nogil=True, cache=True)
-def _block_part(x, x1, a, u, ln1_w, ln1_b, w_attn, b_attn, has_qkv_b, w_proj, b_proj, ln2_w,
-                ln2_b, w_fc, b_fc, w_mproj, b_mproj, kc, vc, t0, fast, edges, passed, part,
+def _block_part(x, x1, u, h, q, a, acc, ln1_w, ln1_b, w_attn, b_attn, has_qkv_b, w_proj, b_proj,
+                ln2_w, ln2_b, w_fc, b_fc, w_mproj, b_mproj, kc, vc, t0, fast, passed, part,
                 nparts, sync):
-    """Thread ``part`` of ``nparts``: its share of stages 1-4 of one block, meeting the other
-    threads after each (``kernels.spin.barrier``). x (B, C) is the block's input and receives its
-    output; x1, a (B, C) and u (B, 4C) are shared scratch. ``edges`` rows: the heads, the C columns
-    and the 4C columns of each part. ``passed``: the barriers passed before; returns the count
-    after, or -1 (see ``spin.barrier``)."""
-    h0, h1 = edges[0, part], edges[0, part + 1]
-    c0, c1 = edges[1, part], edges[1, part + 1]
-    f0, f1 = edges[2, part], edges[2, part + 1]
-    if h0 < h1:                                           # 1. a[:, heads] = attention(...)
-        _stage_attention(x, ln1_w, ln1_b, w_attn, b_attn, has_qkv_b, kc, vc, t0, a, fast, h0, h1)
+    """Thread ``part`` of ``nparts``: its share of one block. Each thread holds its own x, x1, u,
+    h, q and computes the elementwise steps whole for itself (C or 4C numbers, the same bits in
+    every thread); what is shared is the attention output a (B, C) and the partial products
+    acc (2, 2, B, max(3C, 4C)), two sets used in turn (a set is rewritten only after every thread
+    has read it). The threads meet after each product and after the attention: 5 meetings
+    (``kernels.spin.barrier``). x (B, C): the block's input, receives its output. ``passed``: the
+    barriers passed before; returns the count after, or -1 (see ``spin.barrier``)."""
+    C = x.shape[1]
+    F = u.shape[1]
+    H = kc.shape[1]
+    hs = kc.shape[3]
+    h0, h1 = _edge(H, nparts, part, 1), _edge(H, nparts, part + 1, 1)      # this thread's heads
+    _layernorm(x, ln1_w, ln1_b, h)
+    _products(h, w_attn, part, nparts, acc[0])            # qkv = ln_1(x) W_attn, two partials
     passed = spin.barrier(sync, nparts, passed)
     if passed < 0:
         return -1
-    if c0 < c1:                                           # 2. x1 = x + a W_proj + b   (eq. 8.1)
-        _stage_residual(a, w_proj, b_proj, True, x, x1, c0, c1)
+    _qkv(acc[0], b_attn, has_qkv_b, q, kc, vc, t0, h0 * hs, h1 * hs)    # its heads' q, k, v (+ b)
+    _attend(q, kc, vc, t0, a, fast, h0, h1)               # a[:, its heads] = attention
     passed = spin.barrier(sync, nparts, passed)
     if passed < 0:
         return -1
-    if f0 < f1:                                           # 3. u = gelu(ln_2(x1) W_fc + b)
-        _stage_mlp_up(x1, ln2_w, ln2_b, w_fc, b_fc, True, u, fast, f0, f1)
+    _products(a, w_proj, part, nparts, acc[1])            # a W_proj
     passed = spin.barrier(sync, nparts, passed)
     if passed < 0:
         return -1
-    if c0 < c1:                                           # 4. x = x1 + u W_mproj + b  (eq. 8.2)
-        _stage_residual(u, w_mproj, b_mproj, True, x1, x, c0, c1)
-    return spin.barrier(sync, nparts, passed)
+    _residual(acc[1], b_proj, x, x1, 0, C)                # x1 = x + a W_proj + b      (eq. 8.1)
+    _layernorm(x1, ln2_w, ln2_b, h)
+    _products(h, w_fc, part, nparts, acc[0])              # ln_2(x1) W_fc
+    passed = spin.barrier(sync, nparts, passed)
+    if passed < 0:
+        return -1
+    u0, u1 = _rows_read(F, part, nparts)
+    _bias_gelu(acc[0], b_fc, u, fast, u0, u1)             # the u = gelu(... + b) it will read
+    _products(u, w_mproj, part, nparts, acc[1])           # u W_mproj
+    passed = spin.barrier(sync, nparts, passed)
+    if passed < 0:
+        return -1
+    _residual(acc[1], b_mproj, x1, x, 0, C)               # x = x1 + u W_mproj + b     (eq. 8.2)
+    return passed
 
 
 @njit(nogil=True, cache=True)
-def _step_part(x, x1, a, u, logits, buf, offs, has_qkv_b, kc, vc, t0, lnf_w, lnf_b, w_head, fast,
-               edges, part, nparts, sync):
+def _step_part(x_in, a, acc, logits, buf, offs, has_qkv_b, kc, vc, t0, lnf_w, lnf_b, w_head,
+               hidden, fast, part, nparts, sync):
     """Thread ``part`` of ``nparts``: its share of a whole decode step, every block then the LM
-    head (its vocabulary columns, ``edges[3]``). The blocks' weights are read from ``buf`` at the
-    offsets ``offs`` (L, 12) (columns in ``WEIGHTS`` order); kc, vc (L, B, H, T_max, hs)."""
-    B, C = x.shape
-    F = u.shape[1]
+    head (its block of the vocabulary). The blocks' weights are read from ``buf`` at the offsets
+    ``offs`` (L, 12) (columns in ``WEIGHTS`` order); kc, vc (L, B, H, T_max, hs)."""
+    B, C = x_in.shape
+    F = hidden
+    x = x_in.copy()                                       # this thread's own activations
+    x1, h, q = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    u = np.empty((B, F), dtype=x.dtype)
     passed = 0
     for layer in range(offs.shape[0]):
         o = offs[layer]
         b_attn = buf[o[3]:o[3] + 3 * C] if has_qkv_b else buf[o[1]:o[1] + C]   # unused if none
         passed = _block_part(
-            x, x1, a, u, buf[o[0]:o[0] + C], buf[o[1]:o[1] + C],
+            x, x1, u, h, q, a, acc, buf[o[0]:o[0] + C], buf[o[1]:o[1] + C],
             buf[o[2]:o[2] + C * 3 * C].reshape((C, 3 * C)), b_attn, has_qkv_b,
             buf[o[4]:o[4] + C * C].reshape((C, C)), buf[o[5]:o[5] + C],
             buf[o[6]:o[6] + C], buf[o[7]:o[7] + C],
             buf[o[8]:o[8] + C * F].reshape((C, F)), buf[o[9]:o[9] + F],
             buf[o[10]:o[10] + F * C].reshape((F, C)), buf[o[11]:o[11] + C],
-            kc[layer], vc[layer], t0, fast, edges, passed, part, nparts, sync)
+            kc[layer], vc[layer], t0, fast, passed, part, nparts, sync)
         if passed < 0:
             return -1
-    v0, v1 = edges[3, part], edges[3, part + 1]
+    V = w_head.shape[0]
+    v0, v1 = _edge(V, nparts, part, ALIGN), _edge(V, nparts, part + 1, ALIGN)
     if v0 < v1:
-        _stage_head(x, lnf_w, lnf_b, w_head, logits, v0, v1)
+        _head(x, lnf_w, lnf_b, w_head, logits, v0, v1)
+    return passed
+
+
+@njit(nogil=True, cache=True)
+def _block_alone(x_in, out, a, acc, ln1_w, ln1_b, w_attn, b_attn, has_qkv_b, w_proj, b_proj, ln2_w,
+                 ln2_b, w_fc, b_fc, w_mproj, b_mproj, kc, vc, t0, fast, part, nparts, sync):
+    """Thread ``part``'s share of ONE block (``block_step``); part 0 writes the output."""
+    x = x_in.copy()
+    x1, h, q = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    u = np.empty((x.shape[0], w_fc.shape[1]), dtype=x.dtype)
+    passed = _block_part(x, x1, u, h, q, a, acc, ln1_w, ln1_b, w_attn, b_attn, has_qkv_b, w_proj,
+                         b_proj, ln2_w, ln2_b, w_fc, b_fc, w_mproj, b_mproj, kc, vc, t0, fast, 0,
+                         part, nparts, sync)
+    if part == 0:
+        out[:, :] = x
     return passed
 
 
@@ -337,10 +418,10 @@ def _run_parts(fn, args: tuple, n: int, pool) -> None:
                            f"kernels.spin.SPIN_LIMIT polls (was a pool thread busy elsewhere?)")
 
 
-def _threads_for(macs: int) -> tuple[object, int]:
-    """(pool, blocks) for a product of ``macs`` multiply-adds: one block below MIN_SPLIT_MACS."""
+def _threads_for(macs: int, least: int) -> tuple[object, int]:
+    """(pool, blocks) for ``macs`` multiply-adds: one block below ``least``."""
     pool, n = blas.pool()
-    if pool is None or n <= 1 or macs < MIN_SPLIT_MACS:
+    if pool is None or n <= 1 or macs < least:
         return None, 1
     return pool, n
 
@@ -377,7 +458,7 @@ def gemv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarra
                          f"{w.dtype}, {None if b is None else (b.dtype, b.shape)}")
     x = np.ascontiguousarray(x)
     out = np.empty((M, N), dtype=x.dtype)
-    pool, n = _threads_for(M * K * N)
+    pool, n = _threads_for(M * K * N, MIN_SPLIT_MACS)
     edges = _edges(N, n, ALIGN)
     if w.flags.c_contiguous:                                   # a projection: stream rows of w
         has_b = b is not None
@@ -404,24 +485,22 @@ def block_step(x, ln1_w, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_w, ln2_b, w_
         raise ValueError(f"block_step: caches {k_cache.shape}/{v_cache.shape} do not fit x {x.shape}")
     if not 0 <= t0 < T_max:
         raise ValueError(f"block_step: position t0={t0} is outside the cache (max_len {T_max})")
-    x = np.array(x, order="C")                            # receives the output (a copy)
     has_qkv_b = b_attn is not None
-    pool, n = _threads_for(B * C * (3 * C + C + 2 * w_fc.shape[1]))
-    x1, a, u, edges = _scratch(x, w_fc.shape[1], H, 0, n)
-    _run_parts(_block_part, (x, x1, a, u, ln1_w, ln1_b, w_attn, b_attn if has_qkv_b else ln1_b,
-                             has_qkv_b, w_proj, b_proj, ln2_w, ln2_b, w_fc, b_fc, w_mproj, b_mproj,
-                             k_cache, v_cache, t0, x.dtype == np.float32, edges, 0), n, pool)
-    return x
+    F = w_fc.shape[1]
+    pool, n = _threads_for(B * C * (3 * C + C + 2 * F), MIN_STEP_SPLIT_MACS)
+    out = np.empty_like(x)
+    _run_parts(_block_alone, (x, out, *_scratch(x, F), ln1_w, ln1_b, w_attn,
+                              b_attn if has_qkv_b else ln1_b, has_qkv_b, w_proj, b_proj, ln2_w,
+                              ln2_b, w_fc, b_fc, w_mproj, b_mproj, k_cache, v_cache, t0,
+                              x.dtype == np.float32), n, pool)
+    return out
 
 
-def _scratch(x: np.ndarray, F: int, H: int, V: int, n: int):
-    """The arrays the parts share (x1, a (B, C), u (B, F)) and each part's edges (4, n + 1): its
-    heads, C columns, F columns and V (vocabulary) columns."""
+def _scratch(x: np.ndarray, F: int):
+    """What the threads share: the attention output a (B, C) and two sets of the two partial
+    products, acc (2, 2, B, max(3C, F))."""
     B, C = x.shape
-    x1, a, u = np.empty_like(x), np.empty_like(x), np.empty((B, F), dtype=x.dtype)
-    edges = np.array([_edges(H, n, 1), _edges(C, n, ALIGN), _edges(F, n, ALIGN),
-                      _edges(V, n, ALIGN)], dtype=np.int64)
-    return x1, a, u, edges
+    return np.empty_like(x), np.empty((2, 2, B, max(3 * C, F)), dtype=x.dtype)
 
 
 # ----------------------------------------------------------------------------- a whole step
@@ -482,10 +561,9 @@ def step(x, buf, offs, hidden: int, k_all, v_all, t0: int, lnf_w, lnf_b, w_head)
         raise ValueError(f"step: w_head must be a row-major (V, {C}) array, got {w_head.shape}")
     if len({x.dtype, buf.dtype, k_all.dtype, v_all.dtype, w_head.dtype, lnf_w.dtype}) != 1:
         raise ValueError("step: x, the weights and the caches must share one dtype")
-    x = np.array(x, order="C")                       # becomes each block's output in turn
-    pool, n = _threads_for(B * C * (3 * C + C + 2 * hidden))
-    x1, a, u, edges = _scratch(x, hidden, H, w_head.shape[0], n)
+    pool, n = _threads_for(B * C * (3 * C + C + 2 * hidden), MIN_STEP_SPLIT_MACS)
     logits = np.empty((B, w_head.shape[0]), dtype=x.dtype)
-    _run_parts(_step_part, (x, x1, a, u, logits, buf, offs, bool((offs[:, 3] >= 0).all()), k_all,
-                            v_all, t0, lnf_w, lnf_b, w_head, x.dtype == np.float32, edges), n, pool)
+    _run_parts(_step_part, (x, *_scratch(x, hidden), logits, buf, offs,
+                            bool((offs[:, 3] >= 0).all()), k_all, v_all, t0, lnf_w, lnf_b, w_head,
+                            hidden, x.dtype == np.float32), n, pool)
     return logits

@@ -39,7 +39,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-SPIN_POLLS = 1 << 13            # polls with ``pause`` (~0.1-1 ms), then with ``sched_yield``
+SPIN_POLLS = 1 << 10            # polls with ``pause`` (~10-100 us), then with ``sched_yield``
 SPIN_LIMIT = 1 << 24           # polls before a barrier gives up (~10 s: most of them yield)
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 

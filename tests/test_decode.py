@@ -6,8 +6,9 @@
   (``minigpt.block.block_step`` on the "numpy" backend): output and the keys/values it writes.
 - The model's KV-cached logits on the "numba" path equal its uncached forward on the "numpy" path.
 
-``MIN_SPLIT_MACS`` is set to 0 so that these tiny, odd shapes really are split (the split is by
-``kernels.blas``'s pool, whose count ``kernels.blas.set_threads`` sets; no Numba threads needed).
+``MIN_SPLIT_MACS`` and ``MIN_STEP_SPLIT_MACS`` are set to 0 so that these tiny, odd shapes really
+are split (the split is by ``kernels.blas``'s pool, whose count ``kernels.blas.set_threads`` sets;
+no Numba threads needed).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ THREADS = (1, 2, 3)
 def split_everything(monkeypatch):
     """Split every product (threshold 0); restore the product thread count afterwards."""
     monkeypatch.setattr(decode, "MIN_SPLIT_MACS", 0)
+    monkeypatch.setattr(decode, "MIN_STEP_SPLIT_MACS", 0)
     before = kb.get_threads()
     yield kb.set_threads
     kb.set_threads(before)
