@@ -95,9 +95,8 @@ def _gemv_acc(x, w, k0, k1, n0, n1, acc, c0):
     """acc[:, c0:c0+n1-n0] = x[:, k0:k1] @ w[k0:k1, n0:n1]; x (M, K), w row-major (K, N).
 
     Rows of w are streamed once, in order, each used by every row of x while in cache (four rows
-    at a time, the first design, decoded GPT-2 no faster: 18.9-20.0 against 18.8-19.9 ms per
-    token at 2 threads); each output sums over k in the same order (from k0, one row after
-    another) whatever n0, n1 are."""
+    at a time, as the first design did, made the step no faster); each output sums over k in the
+    same order (from k0, one row after another) whatever n0, n1 are."""
     M = x.shape[0]
     nb = n1 - n0
     for m in range(M):
