@@ -102,6 +102,11 @@ def pack_mask(mask: np.ndarray | None) -> PackedMask | None:
     return PackedMask(keep, scale)
 
 
+def _kept_mask(packed: PackedMask | None, keep) -> PackedMask | None:
+    """``packed`` with its bytes put where ``keep`` puts a cache's arrays (``block_forward``)."""
+    return None if packed is None else PackedMask(keep(packed.keep), packed.scale)
+
+
 def unpack_mask(packed: PackedMask | None) -> np.ndarray | None:
     """The float mask again (see ``PackedMask``)."""
     if packed is None:
@@ -144,12 +149,12 @@ def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
     qkv, c_qkv = _linear(ops, p, "attn.c_attn", h)                                       # (B, T, 3C)
     c_qkv, qkv = _forget_input(c_qkv), keep(qkv)
     a, c_att = ops.attention_forward(qkv, n_heads, drop_rate, rng)                         # (B, T, C)
-    att = (qkv, n_heads, pack_mask(c_att[4]))   # what recomputes the attention: input, mask
+    att = (qkv, n_heads, _kept_mask(pack_mask(c_att[4]), keep))   # what recomputes it: input, mask
     del c_att                              # the weights (B, H, T, T) are not kept
     a, c_proj = _linear(ops, p, "attn.c_proj", a)                                         # (B, T, C)
     c_proj = _forget_input(c_proj)
     a, c_drop1 = ops.dropout_forward(a, drop_rate, rng)                                    # (B, T, C)
-    c_drop1 = pack_mask(c_drop1)
+    c_drop1 = _kept_mask(pack_mask(c_drop1), keep)
     x = keep(x + a)                                                                        # residual
     ln_2 = (x, p["ln_2.weight"], p["ln_2.bias"])
     # MLP branch (eq. 8.2)
@@ -162,7 +167,7 @@ def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
     h, c_drop2 = ops.dropout_forward(h, drop_rate, rng)                                    # (B, T, C)
     x = x + h                                                                              # residual
     return x, (ln_1, c_qkv, att, c_proj, c_drop1, ln_2, c_fc,
-               RecomputeU(p) if recompute_mlp else u, c_mproj, pack_mask(c_drop2))
+               RecomputeU(p) if recompute_mlp else u, c_mproj, _kept_mask(pack_mask(c_drop2), keep))
 
 
 def block_backward(dx: np.ndarray, cache, g: dict) -> np.ndarray:

@@ -13,7 +13,8 @@ activations can live in block i's gradient slab until then (``GPTModel.loss_and_
 The memory they took on the heap is not needed, and memory the allocator would keep for them
 (``kernels/blas.py: tune_malloc`` keeps freed memory) is not taken. The numbers are the same bits:
 the arrays are copies, and every gradient is added into zeros as before. A slab too small for an
-array (many tokens per step on a narrow model) leaves it where it is, on the heap.
+array (many tokens per step on a narrow model) leaves it where it is, on the heap. The dropout
+masks (bytes, ``block.PackedMask``) go there too.
 """
 
 from __future__ import annotations
@@ -22,29 +23,30 @@ import numpy as np
 
 
 class Stash:
-    """A bump allocator over ``buf`` (1-D, zeroed, the model's dtype): ``keep`` copies arrays into
-    it, ``clear`` zeroes what they used."""
+    """A bump allocator over ``buf`` (1-D, zeroed): ``keep`` copies arrays into it (any dtype: the
+    slab is used as bytes), ``clear`` zeroes what they used."""
 
     def __init__(self, buf: np.ndarray):
         self.buf = buf
-        self.used = 0
+        self.bytes = buf.view(np.uint8)
+        self.used = 0                                   # bytes
 
     def keep(self, a: np.ndarray) -> np.ndarray:
-        """A copy of ``a`` in the slab, or ``a`` itself when it does not fit (or is not the slab's
-        dtype, or is in the slab already)."""
-        n = a.size
+        """A copy of ``a`` in the slab, or ``a`` itself when it does not fit (or is in the slab
+        already)."""
         if np.may_share_memory(a, self.buf):         # kept already (by the caller)
             return a
-        if a.dtype != self.buf.dtype or self.used + n > self.buf.size:
+        start = -(-self.used // 64) * 64             # each array on a cache line of its own
+        if start + a.nbytes > self.bytes.size:
             return a
-        out = self.buf[self.used:self.used + n].reshape(a.shape)
+        out = self.bytes[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
         np.copyto(out, a)
-        self.used += n
+        self.used = start + a.nbytes
         return out
 
     def clear(self) -> None:
         """Zero what ``keep`` wrote: the slab is a gradient again, to be added into."""
-        self.buf[:self.used] = 0
+        self.bytes[:self.used] = 0
         self.used = 0
 
 

@@ -18,17 +18,22 @@ CFG = GPTConfig(vocab_size=50, context_length=8, emb_dim=32, n_heads=4, n_layers
 
 
 def test_stash_copies_what_fits_and_clear_zeroes_it():
-    buf = np.zeros(10, np.float32)
+    buf = np.zeros(24, np.float32)                         # 96 bytes
     s = Stash(buf)
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     k = s.keep(a)
     assert k.shape == (2, 3) and np.shares_memory(k, buf) and (k == a).all()
-    assert s.keep(k) is k and s.used == 6                  # kept already: not copied again
-    big = np.ones(5, np.float32)
+    assert s.keep(k) is k and s.used == 24                 # kept already: not copied again
+    big = np.ones(9, np.float32)                           # bytes 64..100: beyond the slab
     assert s.keep(big) is big                              # does not fit: left where it is
-    assert s.keep(np.ones(2, np.float64)).dtype == np.float64   # another dtype: left too
     s.clear()
     assert not buf.any() and s.used == 0
+    mask = np.array([True, False, True])                   # any dtype: the slab is bytes
+    k = s.keep(mask)
+    assert k.dtype == bool and np.shares_memory(k, buf) and (k == mask).all()
+    assert s.keep(np.ones(2, np.float64)).dtype == np.float64
+    s.clear()
+    assert not buf.any()
 
 
 def test_block_slabs_are_the_blocks_runs_of_the_buffer():
