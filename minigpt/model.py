@@ -99,8 +99,9 @@ class GPTModel:
     # None: chunks of at most heads.LOSS_CHUNK_BYTES of logits
     loss_chunk_rows: int | None = None
     # True: the blocks do not keep GELU's input u for the backward but recompute it, one more
-    # (C, 4C) product per block (minigpt/block.py): 6 MiB less per block at GPT-2 124M, batch
-    # 4 x 128, for about 5% more time per step; the same bits either way
+    # (C, 4C) product per block (minigpt/block.py), for about 5% more time per step; the same bits
+    # either way. It saves memory only where the caches do not fit in the gradient buffer
+    # (minigpt/stash.py): at GPT-2 124M, batch 4 x 128, they fit, and u costs no memory there
     recompute_mlp: bool = False
 
     def __init__(self, cfg: GPTConfig, seed: int | None = 123, dtype=np.float32, *,
