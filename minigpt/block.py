@@ -102,6 +102,11 @@ def pack_mask(mask: np.ndarray | None) -> PackedMask | None:
     return PackedMask(keep, scale)
 
 
+def _kept_mask(packed: PackedMask | None, keep) -> PackedMask | None:
+    """``packed`` with its bytes put where ``keep`` puts a cache's arrays (``block_forward``)."""
+    return None if packed is None else PackedMask(keep(packed.keep), packed.scale)
+
+
 def unpack_mask(packed: PackedMask | None) -> np.ndarray | None:
     """The float mask again (see ``PackedMask``)."""
     if packed is None:
@@ -110,7 +115,8 @@ def unpack_mask(packed: PackedMask | None) -> np.ndarray | None:
 
 
 def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
-                  rng: np.random.Generator | None = None, recompute_mlp: bool = False):
+                  rng: np.random.Generator | None = None, recompute_mlp: bool = False,
+                  stash=None):
     """x (B, T, C) -> (B, T, C). Cache: what its layers' backwards need, in forward order.
 
     Memory (docs/kernels.md, "The training step's non-GEMM work"): three kinds of activation are not
@@ -127,29 +133,41 @@ def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
     either; the backward recomputes it with one more product u = ln_2(x) W_fc + b_fc, the same op on
     the same input (the same bits). Less memory (GPT-2 124M, batch 4 x 128: 6 MiB per block) for
     about 5% more time per step (``GPTModel.recompute_mlp``, ``minigpt train --recompute-mlp``).
+
+    ``stash``: a ``minigpt.stash.Stash``; the arrays the cache keeps (x, qkv, ln_2's input, u) are
+    copies in it, so that they live in a gradient slab the backward has not reached yet (the same
+    values; ``GPTModel.loss_and_grads``).
     """
     ops = backend.ops()
+    keep = stash.keep if stash is not None else (lambda a: a)
+    # what the cache keeps is what the block computes on (no second copy stays alive), and each
+    # layer's cache drops its input (and GELU's its tanh) as soon as the layer has run
+    x = keep(x)
     ln_1 = (x, p["ln_1.weight"], p["ln_1.bias"])          # layernorm input and parameters, kept
     # attention branch (eq. 8.1)
-    h, _ = ops.layernorm_forward(*ln_1)                                                    # (B, T, C)
+    h = ops.layernorm_forward(*ln_1)[0]                                                    # (B, T, C)
     qkv, c_qkv = _linear(ops, p, "attn.c_attn", h)                                       # (B, T, 3C)
+    c_qkv, qkv = _forget_input(c_qkv), keep(qkv)
     a, c_att = ops.attention_forward(qkv, n_heads, drop_rate, rng)                         # (B, T, C)
-    att = (qkv, n_heads, pack_mask(c_att[4]))   # what recomputes the attention: input, mask
+    att = (qkv, n_heads, _kept_mask(pack_mask(c_att[4]), keep))   # what recomputes it: input, mask
     del c_att                              # the weights (B, H, T, T) are not kept
     a, c_proj = _linear(ops, p, "attn.c_proj", a)                                         # (B, T, C)
+    c_proj = _forget_input(c_proj)
     a, c_drop1 = ops.dropout_forward(a, drop_rate, rng)                                    # (B, T, C)
-    x = x + a                                                                              # residual
+    c_drop1 = _kept_mask(pack_mask(c_drop1), keep)
+    x = keep(x + a)                                                                        # residual
     ln_2 = (x, p["ln_2.weight"], p["ln_2.bias"])
     # MLP branch (eq. 8.2)
-    h, _ = ops.layernorm_forward(*ln_2)                                                    # (B, T, C)
+    h = ops.layernorm_forward(*ln_2)[0]                                                    # (B, T, C)
     u, c_fc = _linear(ops, p, "mlp.c_fc", h)                                              # (B, T, 4C)
-    h, _ = ops.gelu_forward(u)                                                             # (B, T, 4C)
+    c_fc, u = _forget_input(c_fc), keep(u)
+    h = ops.gelu_forward(u)[0]                                                             # (B, T, 4C)
     h, c_mproj = _linear(ops, p, "mlp.c_proj", h)                                         # (B, T, C)
+    c_mproj = _forget_input(c_mproj)
     h, c_drop2 = ops.dropout_forward(h, drop_rate, rng)                                    # (B, T, C)
     x = x + h                                                                              # residual
-    return x, (ln_1, _forget_input(c_qkv), att, _forget_input(c_proj), pack_mask(c_drop1),
-               ln_2, _forget_input(c_fc), RecomputeU(p) if recompute_mlp else u,
-               _forget_input(c_mproj), pack_mask(c_drop2))
+    return x, (ln_1, c_qkv, att, c_proj, c_drop1, ln_2, c_fc,
+               RecomputeU(p) if recompute_mlp else u, c_mproj, _kept_mask(pack_mask(c_drop2), keep))
 
 
 def block_backward(dx: np.ndarray, cache, g: dict) -> np.ndarray:
@@ -161,10 +179,10 @@ def block_backward(dx: np.ndarray, cache, g: dict) -> np.ndarray:
     ops = backend.ops()
     ln_1, c_qkv, att, c_proj, c_drop1, ln_2, c_fc, u, c_mproj, c_drop2 = cache
     # MLP branch, last layer first; the activations the forward did not keep are recomputed
-    h, c_ln2 = ops.layernorm_forward(*ln_2)          # ln_2's output (mlp.c_fc's input) and cache
-    c_fc = _restore_input(c_fc, h)
+    ln2_out = None
     if isinstance(u, RecomputeU):                    # u not kept: c_fc on ln_2's output again
-        u, _ = _linear(ops, u.p, "mlp.c_fc", h)                                          # (B, T, 4C)
+        ln2_out = ops.layernorm_forward(*ln_2)       # ln_2's output (mlp.c_fc's input) and cache
+        u, _ = _linear(ops, u.p, "mlp.c_fc", ln2_out[0])                                 # (B, T, 4C)
     h, c_gelu = ops.gelu_forward(u)                  # GELU's output (mlp.c_proj's input) and tanh
     del u
     dh = ops.dropout_backward(dx, unpack_mask(c_drop2))
@@ -172,6 +190,9 @@ def block_backward(dx: np.ndarray, cache, g: dict) -> np.ndarray:
     del h                                            # each freed as soon as it has served
     dh = ops.gelu_backward(dh, c_gelu)
     del c_gelu
+    h, c_ln2 = ln2_out or ops.layernorm_forward(*ln_2)   # made here, after GELU's arrays are gone
+    del ln2_out
+    c_fc = _restore_input(c_fc, h)
     dh = _linear_backward(ops, g, "mlp.c_fc", dh, c_fc)
     del c_fc
     dx = dx + ops.layernorm_backward(dh, c_ln2, g["ln_2.weight"], g["ln_2.bias"])   # eq. 8.3

@@ -492,6 +492,15 @@ RECOMPUTE_MLP_VARIANTS: dict[str, GPTConfig] = {
 }
 
 
+# the blocks' caches kept in the gradient buffer (minigpt/stash.py), which loss_and_grads always
+# does where they fit: 3 blocks and T = 3 (B = 2), so blocks 1 and 2 keep their whole caches
+# (and dropout masks) in the slabs of blocks 0 and 1, zeroed before those blocks' backwards
+STASH_VARIANTS: dict[str, GPTConfig] = {
+    "tied, 3 blocks, dropout 0.2, caches in the gradient buffer":
+        TINY.replace(context_length=4, n_layers=3, tie_weights=True, drop_rate=0.2),
+}
+
+
 # the LM head's loss in row chunks: name -> (cfg, rows per chunk). Chunks of 3 rows of B*T = 14
 # (B = 2, T = 7; targets[-1, 0] = -100): five chunks, the last of two rows, one with an ignored row
 CHUNKED_LOSS_VARIANTS: dict[str, tuple[GPTConfig, int]] = {
@@ -730,8 +739,26 @@ def _chunked_head_overwrites_dw():
         heads.lm_head_backward = real
 
 
+def _stash_not_zeroed():
+    """BUG: a block's cache kept in the slab of the block below is not zeroed after its backward,
+    so the block below adds its gradients to the activations left there."""
+    from minigpt.stash import Stash
+    real = Stash.clear
+
+    def forget(self):
+        self.used = 0
+
+    Stash.clear = forget
+    try:
+        cfg = next(iter(STASH_VARIANTS.values()))
+        return check_model(cfg, label="NEG stash", only="attn.c_attn.weight")
+    finally:
+        Stash.clear = real
+
+
 NEGATIVE_CONTROLS.update({
     "LM-head loss in row chunks whose dW_head overwrites": _chunked_head_overwrites_dw,
+    "block caches in the gradient buffer that are not zeroed after use": _stash_not_zeroed,
     "last_nonpad pooling backward into a padding position": lambda: check_op(
         "NEG pooling", *_pooling_case(np.random.default_rng(0), "last_nonpad",
                                       _pooling_backward_reads_padding)),
@@ -772,6 +799,8 @@ def run_all(include_model: bool = True, include_negative: bool = True):
         for key, cfg in RECOMPUTE_MLP_VARIANTS.items():
             results += check_model(cfg, model_cls=model_with(recompute_mlp=True),
                                    label=f"model ({key})")
+        for key, cfg in STASH_VARIANTS.items():
+            results += check_model(cfg, label=f"model ({key})")
     negatives = {}
     if include_negative:
         for name, run in NEGATIVE_CONTROLS.items():

@@ -34,6 +34,7 @@ from minigpt import backend, heads
 from minigpt.block import block_backward, block_forward, block_step
 from minigpt.config import GPTConfig
 from minigpt.inference.kv_cache import KVCache
+from minigpt.stash import Stash, block_slabs
 from minigpt.params import (  # noqa: F401  (param_shapes: the model's names and shapes, for callers)
     INIT_SCHEMES,
     ParamSpec,
@@ -98,8 +99,9 @@ class GPTModel:
     # None: chunks of at most heads.LOSS_CHUNK_BYTES of logits
     loss_chunk_rows: int | None = None
     # True: the blocks do not keep GELU's input u for the backward but recompute it, one more
-    # (C, 4C) product per block (minigpt/block.py): 6 MiB less per block at GPT-2 124M, batch
-    # 4 x 128, for about 5% more time per step; the same bits either way
+    # (C, 4C) product per block (minigpt/block.py), for about 5% more time per step; the same bits
+    # either way. It saves memory only where the caches do not fit in the gradient buffer
+    # (minigpt/stash.py): at GPT-2 124M, batch 4 x 128, they fit, and u costs no memory there
     recompute_mlp: bool = False
 
     def __init__(self, cfg: GPTConfig, seed: int | None = 123, dtype=np.float32, *,
@@ -121,6 +123,7 @@ class GPTModel:
         n = count(self.table)
         self.flat_params = np.zeros(n, dtype=dtype)
         self.flat_grads = np.zeros(n, dtype=dtype)
+        self._slabs = None                            # per block: its run of flat_grads (_stashes)
         self.params = named_views(self.flat_params, self.table)
         self.grads = named_views(self.flat_grads, self.table)
         self._block_params = _block_dicts(self.params, cfg.n_layers)
@@ -338,16 +341,21 @@ class GPTModel:
         return check_lengths(lengths, *idx.shape, self.cfg.pooling)
 
     # --- forward --------------------------------------------------------------------------------
-    def _trunk_forward(self, idx: np.ndarray, rng: np.random.Generator | None, keep_caches: bool):
+    def _trunk_forward(self, idx: np.ndarray, rng: np.random.Generator | None, keep_caches: bool,
+                       stashes: list | None = None):
         """idx (B, T) -> the final hidden states (ln_f's output, (B, T, C)) and the caches of the
-        embedding, its dropout, the blocks and ln_f (None without ``keep_caches``)."""
+        embedding, its dropout, the blocks and ln_f (None without ``keep_caches``). ``stashes``:
+        per block, where its cache keeps its arrays (``_stashes``), or None."""
         cfg, p, ops = self.cfg, self.params, backend.ops()
         x, c_emb = ops.embedding_forward(idx, p["wte.weight"], p["wpe.weight"])    # (B, T) -> (B, T, C)
         x, c_drop = ops.dropout_forward(x, cfg.drop_rate, rng)                      # (B, T, C)
         c_blocks = []
-        for bp in self._block_params:
+        for i, bp in enumerate(self._block_params):
+            stash = stashes[i] if stashes else None
+            if stash is not None:
+                x = stash.keep(x)          # the block keeps its input: no second copy alive
             x, c = block_forward(x, bp, cfg.n_heads, cfg.drop_rate, rng,        # (B, T, C)
-                                 recompute_mlp=self.recompute_mlp and keep_caches)
+                                 recompute_mlp=self.recompute_mlp and keep_caches, stash=stash)
             if keep_caches:
                 c_blocks.append(c)
         x, c_lnf = ops.layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])       # (B, T, C)
@@ -469,13 +477,23 @@ class GPTModel:
         if self.cfg.num_classes is None:
             # the LM head: its logits (B, T, V) are made, scored and differentiated a row chunk at a
             # time, its backward folded in (heads.lm_head_loss); the whole (B, T, V) never exists
+            # the blocks' caches live in the gradient buffer until the backward gets there
+            # (minigpt/stash.py), so it is zeroed first
             self._check_lengths(lengths, idx)
-            x, trunk = self._trunk_forward(idx, rng, keep_caches=True)             # (B, T, C)
             self.zero_grad()
-            loss, dx = heads.lm_head_loss(x, self.head_weight(), targets, self._head_grad(),
-                                          chunk_rows=self.loss_chunk_rows)         # (B, T, C)
-            del x
-            return loss, self._trunk_backward(dx, TrainCache(*trunk, None, None), release=True)
+            stashes = self._stashes()
+            try:
+                x, trunk = self._trunk_forward(idx, rng, keep_caches=True,          # (B, T, C)
+                                               stashes=stashes)
+                loss, dx = heads.lm_head_loss(x, self.head_weight(), targets, self._head_grad(),
+                                              chunk_rows=self.loss_chunk_rows)     # (B, T, C)
+                del x
+                return loss, self._trunk_backward(dx, TrainCache(*trunk, None, None),
+                                                  release=True, stashes=stashes)
+            finally:
+                for s in stashes:          # whatever is left (frozen blocks below, an error)
+                    if s is not None:
+                        s.clear()
         out, cache = self.forward_train(idx, rng=rng, lengths=lengths)
         loss, dout = backend.ops().cross_entropy(out, targets, inplace=True)        # over out (eq. 7.3)
         del out
@@ -512,12 +530,22 @@ class GPTModel:
         return heads.classifier_backward(dout, c_head, g["out_head.weight"], g["out_head.bias"],
                                          g.get("out_head.lora_A"), g.get("out_head.lora_B"))
 
-    def _trunk_backward(self, dx: np.ndarray, cache: TrainCache,
-                        release: bool = False) -> dict[str, np.ndarray]:
+    def _stashes(self) -> list:
+        """Per block i, a ``Stash`` over block i - 1's gradient slab (zeroed: call after
+        ``zero_grad``), where block i's cache keeps its arrays; None for block 0 and for a
+        block whose slab is not one run of the buffer (``minigpt/stash.py``)."""
+        if self._slabs is None:
+            self._slabs = block_slabs(self.ranges, self.cfg.n_layers)
+        below = [None, *self._slabs[:-1]]
+        return [Stash(self.flat_grads[r[0]:r[1]]) if r is not None else None for r in below]
+
+    def _trunk_backward(self, dx: np.ndarray, cache: TrainCache, release: bool = False,
+                        stashes: list | None = None) -> dict[str, np.ndarray]:
         """dx (B, T, C) at ln_f's output -> ln_f, the blocks in reverse, the embedding; fills grads.
         ``release``: drop each block's cache from ``cache.blocks`` once its backward is done (the
         cache is the caller's own and will not be used again), so the activations shrink as the
-        backward goes down."""
+        backward goes down. ``stashes``: the forward's (``_stashes``); each block's is zeroed
+        once its backward is done, before the block below adds its gradients there."""
         ops, g = backend.ops(), self._top_g
         dx = ops.layernorm_backward(dx, cache.lnf, g["ln_f.weight"], g["ln_f.bias"])  # (B, T, C)
         # frozen parameters: nothing below the lowest trainable layer needs a gradient, so the
@@ -528,6 +556,8 @@ class GPTModel:
             dx = block_backward(dx, cache.blocks[i], self._blocks_g[i])        # (B, T, C)
             if release:
                 cache.blocks[i] = None
+            if stashes and stashes[i] is not None:
+                stashes[i].clear()
         if floor < 0:
             dx = ops.dropout_backward(dx, cache.drop)
             dwte, dwpe = (g[n] if g[n] is not None else np.zeros_like(self.grads[n])

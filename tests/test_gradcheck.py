@@ -229,6 +229,26 @@ def test_chunked_lm_head_loss_gradients_every_element(variant, name):
 
 
 @pytest.mark.parametrize("name", ["numba", "numpy"])
+@pytest.mark.parametrize("variant", list(gc.STASH_VARIANTS))
+def test_stashed_caches_gradients_every_element(variant, name, monkeypatch):
+    """The blocks' caches kept in the gradient buffer (minigpt/stash.py), on both backends: every
+    element of every parameter, with every array the two upper blocks keep in a slab."""
+    from minigpt.stash import Stash
+    left = []
+    real = Stash.keep
+    monkeypatch.setattr(Stash, "keep", lambda self, a: (
+        lambda k: left.append(not np.shares_memory(k, self.buf)) or k)(real(self, a)))
+    cfg = gc.STASH_VARIANTS[variant]
+    with backend.use(name):
+        results = gc.check_model(cfg, label=variant)
+    assert left and not any(left)                  # nothing stayed on the heap
+    params = GPTModel(cfg, seed=0, dtype=np.float64).params
+    assert [r.n_checked for r in results] == [p.size for p in params.values()]
+    bad = [r for r in results if not r.passed]
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("name", ["numba", "numpy"])
 @pytest.mark.parametrize("variant", list(gc.RECOMPUTE_MLP_VARIANTS))
 def test_recompute_mlp_gradients_every_element(variant, name):
     """GELU's input recomputed in the backward (GPTModel.recompute_mlp), on both backends: every
