@@ -1,21 +1,28 @@
 """Where decode time goes: the GB/s of weights one KV-cached decode step reads, against what this
 machine's memory gives a plain copy and a plain read, at 1 and 2 threads.
 
-    .venv/bin/python benchmarks/decode_bandwidth.py [--config gpt2] [--steps 16] [--mb 500]
+    .venv/bin/python benchmarks/decode_bandwidth.py [--config gpt2] [--steps 16] [--mb 100,500,2000]
+        [--torch-python PATH]
 
-- copy: ``np.copyto`` of an ``--mb`` MB float32 array (one thread, or two threads each copying a
+- copy: ``np.copyto`` of an ``--mb`` MB float32 array (several sizes: an array that fits in the
+  CPU's last-level cache is read from there, not from memory; ``lscpu`` gives its size) (one thread, or two threads each copying a
   half; NumPy releases the GIL). Printed as the bytes READ per second (the same bytes are written
   too, so the memory bus moves twice that).
 - read: a Numba loop summing the same array (vectorised; one thread, or two halves on two threads):
   what streaming a weight matrix once can reach at best.
 - decode: ``model.forward(one_token, kv_cache=cache)`` after a 16-token prompt, the median step
   time; GB/s = the weights one step reads (every parameter but the unused rows of ``wpe``) / time.
+- PyTorch (with ``--torch-python``, default ``MINIGPT_BENCH_TORCH_PYTHON``): the products of one
+  step alone, x (1, in) @ W.T for every weight in ``nn.Linear``'s layout, in a plain PyTorch
+  process of its own (``decode_bandwidth_torch.py``): what PyTorch's own streaming reaches.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -72,11 +79,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="gpt2", choices=["small", "gpt2"])
     ap.add_argument("--steps", type=int, default=16, help="timed decode steps per thread count")
-    ap.add_argument("--mb", type=int, default=500, help="size of the copied / read array")
+    ap.add_argument("--mb", default="500",
+                    help="sizes of the copied / read array, MB, comma-separated (e.g. 100,500,2000)")
+    ap.add_argument("--torch-python", default=os.environ.get("MINIGPT_BENCH_TORCH_PYTHON", ""),
+                    help="a Python with torch: also time PyTorch's products in its own process")
     a = ap.parse_args()
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    memory_rates(a.mb * 1_000_000 // 4)
+    for mb in (int(v) for v in a.mb.split(",")):
+        print(f" {mb} MB array:")
+        memory_rates(mb * 1_000_000 // 4)
 
     cfg = CONFIGS[a.config][0]
     model = GPTModel(cfg, seed=0, dtype=np.float32)
@@ -99,6 +111,15 @@ def main() -> None:
         print(f"  {k} thread(s): decode {a.config} step {med * 1e3:7.2f} ms median "
               f"({1 / med:6.1f} tokens/s), weights read {nbytes / 1e6:.0f} MB/step: "
               f"{nbytes / med / 1e9:5.1f} GB/s median, {nbytes / best / 1e9:5.1f} best")
+    if a.torch_python:
+        child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "decode_bandwidth_torch.py")
+        for k in (1, 2):
+            cmd = [a.torch_python, "-P", child, "--emb", str(C), "--layers", str(cfg.n_layers),
+                   "--vocab", str(cfg.vocab_size), "--threads", str(k), "--steps", str(a.steps)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"the PyTorch child failed: {done.stderr.strip()[-400:]}")
+            print(done.stdout.rstrip())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Decoding's one-row products from memory: splitting W's columns across the threads (what
-``kernels/decode.py`` does) against splitting its rows (each thread streams a contiguous half and
-the two partial sums are added), at 2 threads.
+``kernels.decode.gemv`` does for a single linear layer) against splitting its rows (each thread
+streams a contiguous half and the two partial sums are added: what ``kernels.decode.step`` does at
+2 threads), at 2 threads. Both hand one half to a pool thread from Python, once per product.
 
     python benchmarks/decode_layout.py --k 3072 --n 768      # GPT-2's mlp.c_proj
     python benchmarks/decode_layout.py --k 768 --n 3072      # mlp.c_fc
@@ -9,8 +10,8 @@ the two partial sums are added), at 2 threads.
 The weights are spread over enough matrices (600 MB in all) that every product reads its matrix
 from memory, not from the cache, as a decode step does (GPT-2 124M reads 495 MB per token). Prints
 each layout's time per product and the GB/s of weights it reads, twice each, alternating. A row
-split gives different bits from a column split (the sum over k is cut in two); keeping the bits the
-same at every thread count would need a fixed number of row chunks added in a fixed order.
+split gives different bits from a column split (the sum over k is cut in two); ``step`` keeps the
+bits the same at every thread count by always cutting the rows in the same two halves.
 """
 
 from __future__ import annotations

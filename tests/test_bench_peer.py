@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +48,13 @@ def test_torch_child_imports_only_stdlib_numpy_safetensors_torch():
     found = imported_top_levels(TORCH_CHILD.read_text("utf-8"))
     assert found <= ALLOWED, f"torch_child.py imports {sorted(found - ALLOWED)}"
     assert {"torch", "numpy", "safetensors"} <= found
+
+
+def test_decode_bandwidth_peer_imports_only_stdlib_and_torch():
+    """benchmarks/decode_bandwidth_torch.py is the PyTorch side of decode_bandwidth.py: plain too."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "decode_bandwidth_torch.py"
+    found = imported_top_levels(path.read_text("utf-8"))
+    assert found <= {"__future__", "argparse", "time", "torch"}, sorted(found)
 
 
 @pytest.mark.parametrize("line", ["from minigpt.config import GPTConfig", "import kernels.blas",
