@@ -11,10 +11,12 @@ machine's memory gives a plain copy and a plain read, at 1 and 2 threads.
 - read: a Numba loop summing the same array (vectorised; one thread, or two halves on two threads):
   what streaming a weight matrix once can reach at best.
 - decode: ``model.forward(one_token, kv_cache=cache)`` after a 16-token prompt, the median step
-  time; GB/s = the weights one step reads (every parameter but the unused rows of ``wpe``) / time.
+  time; GB/s = the weights one step reads (every parameter but the unused rows of ``wpe``) / time;
+  and the median time of the 16-token prompt run at once (the prefill, through ``kernels.blas``).
 - PyTorch (with ``--torch-python``, default ``MINIGPT_BENCH_TORCH_PYTHON``): the products of one
   step alone, x (1, in) @ W.T for every weight in ``nn.Linear``'s layout, in a plain PyTorch
-  process of its own (``decode_bandwidth_torch.py``): what PyTorch's own streaming reaches.
+  process of its own (``decode_bandwidth_torch.py``): what PyTorch's own streaming reaches; and
+  the same products for 16 rows at once (a 16-token prompt's products, without its attention).
 """
 
 from __future__ import annotations
@@ -101,6 +103,11 @@ def main() -> None:
         logits = model.forward(prompt, kv_cache=cache)
         tok = np.argmax(logits[:, -1], axis=-1)[:, None]
         model.forward(tok, kv_cache=cache)                     # warm-up step
+        pre = []
+        for _ in range(3):                                     # the prompt at once (prefill)
+            t0 = time.perf_counter()
+            model.forward(prompt, kv_cache=KVCache(cfg, 1, dtype=np.float32, max_len=16))
+            pre.append(time.perf_counter() - t0)
         times = []
         for _ in range(a.steps):
             t0 = time.perf_counter()
@@ -110,7 +117,8 @@ def main() -> None:
         med, best = float(np.median(times)), min(times)
         print(f"  {k} thread(s): decode {a.config} step {med * 1e3:7.2f} ms median "
               f"({1 / med:6.1f} tokens/s), weights read {nbytes / 1e6:.0f} MB/step: "
-              f"{nbytes / med / 1e9:5.1f} GB/s median, {nbytes / best / 1e9:5.1f} best")
+              f"{nbytes / med / 1e9:5.1f} GB/s median, {nbytes / best / 1e9:5.1f} best; "
+              f"the 16-token prompt {np.median(pre) * 1e3:.1f} ms")
     if a.torch_python:
         child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "decode_bandwidth_torch.py")
         for k in (1, 2):
