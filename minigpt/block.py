@@ -83,6 +83,23 @@ class RecomputeU(NamedTuple):
     p: dict
 
 
+class KeptAttention(NamedTuple):
+    """In a block's cache when the attention is kept rather than recomputed (``block_forward``'s
+    ``recompute_attention``): its output ``out`` (B, T, C), c_proj's input, and the layer's cache
+    ``(q, k, v, weights (B, H, T, T), dropout mask as a PackedMask, scale)``."""
+
+    out: np.ndarray
+    cache: tuple
+
+
+def recomputes_attention(n_heads: int, T: int, C: int) -> bool:
+    """The default of ``block_forward``'s ``recompute_attention``: recompute the attention in the
+    backward when its weights (B, H, T, T) would be larger than GELU's input u (B, T, 4C), which the
+    cache keeps anyway: H T > 4 C. GPT-2 124M (H 12, C 768) keeps them up to T = 256; the bench's
+    'long' config (H 8, C 256, T 1024) recomputes them (64 MiB per block at batch 2)."""
+    return n_heads * T > 4 * C
+
+
 class PackedMask(NamedTuple):
     """A dropout mask kept as one byte per element: the kept units (bool) and the scale
     1 / (1 - p) in the activations' dtype. ``unpack_mask`` rebuilds the float mask the dropout
@@ -116,15 +133,16 @@ def unpack_mask(packed: PackedMask | None) -> np.ndarray | None:
 
 def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
                   rng: np.random.Generator | None = None, recompute_mlp: bool = False,
-                  stash=None):
+                  stash=None, recompute_attention: bool | None = None):
     """x (B, T, C) -> (B, T, C). Cache: what its layers' backwards need, in forward order.
 
     Memory (docs/kernels.md, "The training step's non-GEMM work"): three kinds of activation are not
     cached but recomputed by the backward, each by the same op on the same input, giving the same
     bits: the two layernorms' outputs and normalised inputs (the cache keeps each layernorm's input,
     one (B, T, C) array instead of two), GELU's output and tanh (the cache keeps GELU's input u, one
-    (B, T, 4C) array instead of three), and the attention's weights (B, H, T, T) and output (B, T, C)
-    (the cache keeps qkv, which it needs anyway, and the dropout mask, applied again). The dropout
+    (B, T, 4C) array instead of three), and, where they are large, the attention's weights
+    (B, H, T, T) and output (B, T, C) (the cache keeps qkv, which it needs anyway, and the dropout
+    mask, applied again). The dropout
     masks are kept as one byte per element (``PackedMask``) and rebuilt to the same bits. The linear
     layers reading them keep their caches without their input (``_forget_input``) and get it back
     in the backward.
@@ -134,8 +152,13 @@ def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
     the same input (the same bits). Less memory (GPT-2 124M, batch 4 x 128: 6 MiB per block) for
     about 5% more time per step (``GPTModel.recompute_mlp``, ``minigpt train --recompute-mlp``).
 
-    ``stash``: a ``minigpt.stash.Stash``; the arrays the cache keeps (x, qkv, ln_2's input, u) are
-    copies in it, so that they live in a gradient slab the backward has not reached yet (the same
+    ``recompute_attention``: True recomputes the attention in the backward (one more attention
+    forward per block), False keeps its weights and output (``KeptAttention``); None (the default)
+    recomputes it only when the weights are larger than u (``recomputes_attention``). The same bits
+    either way.
+
+    ``stash``: a ``minigpt.stash.Stash``; the arrays the cache keeps (x, qkv, the attention's
+    weights and output when kept, ln_2's input, u) are copies in it, so that they live in a gradient slab the backward has not reached yet (the same
     values; ``GPTModel.loss_and_grads``).
     """
     ops = backend.ops()
@@ -149,8 +172,15 @@ def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
     qkv, c_qkv = _linear(ops, p, "attn.c_attn", h)                                       # (B, T, 3C)
     c_qkv, qkv = _forget_input(c_qkv), keep(qkv)
     a, c_att = ops.attention_forward(qkv, n_heads, drop_rate, rng)                         # (B, T, C)
-    att = (qkv, n_heads, _kept_mask(pack_mask(c_att[4]), keep))   # what recomputes it: input, mask
-    del c_att                              # the weights (B, H, T, T) are not kept
+    if recompute_attention is None:
+        recompute_attention = recomputes_attention(n_heads, qkv.shape[1], x.shape[2])
+    if recompute_attention:               # what recomputes it: its input and its dropout mask
+        att = (qkv, n_heads, _kept_mask(pack_mask(c_att[4]), keep))
+    else:                                 # its output and cache, weights (B, H, T, T) included
+        q, k, v, weights, mask, scale = c_att
+        a = keep(a)
+        att = KeptAttention(a, (q, k, v, keep(weights), _kept_mask(pack_mask(mask), keep), scale))
+    del c_att
     a, c_proj = _linear(ops, p, "attn.c_proj", a)                                         # (B, T, C)
     c_proj = _forget_input(c_proj)
     a, c_drop1 = ops.dropout_forward(a, drop_rate, rng)                                    # (B, T, C)
@@ -168,6 +198,16 @@ def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
     x = x + h                                                                              # residual
     return x, (ln_1, c_qkv, att, c_proj, c_drop1, ln_2, c_fc,
                RecomputeU(p) if recompute_mlp else u, c_mproj, _kept_mask(pack_mask(c_drop2), keep))
+
+
+def _attention_again(ops, att):
+    """The attention's output (B, T, C) and cache for the backward: kept by the forward
+    (``KeptAttention``), or recomputed from its input qkv with the same dropout mask."""
+    if isinstance(att, KeptAttention):
+        q, k, v, weights, mask, scale = att.cache
+        return att.out, (q, k, v, weights, unpack_mask(mask), scale)
+    qkv, n_heads, drop_mask = att
+    return ops.attention_forward(qkv, n_heads, drop_mask=unpack_mask(drop_mask))
 
 
 def block_backward(dx: np.ndarray, cache, g: dict) -> np.ndarray:
@@ -201,8 +241,7 @@ def block_backward(dx: np.ndarray, cache, g: dict) -> np.ndarray:
     h, c_ln1 = ops.layernorm_forward(*ln_1)          # ln_1's output (attn.c_attn's input) and cache
     c_qkv = _restore_input(c_qkv, h)
     del h
-    qkv, n_heads, drop_mask = att                    # the attention again, with the same mask:
-    a, c_att = ops.attention_forward(qkv, n_heads, drop_mask=unpack_mask(drop_mask))   # weights, out
+    a, c_att = _attention_again(ops, att)            # its output and cache (weights, mask)
     da = ops.dropout_backward(dx, unpack_mask(c_drop1))
     da = _linear_backward(ops, g, "attn.c_proj", da, _restore_input(c_proj, a))
     del a

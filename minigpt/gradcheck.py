@@ -474,7 +474,7 @@ def model_with(**attrs):
     """A ``model_cls`` for ``check_model``: GPTModel with these attributes set, the switches of a
     path a real run can take: ``loss_chunk_rows`` (the LM head and its loss in row chunks,
     ``heads.lm_head_loss``, as a GPT-2 vocabulary runs; a tiny one fits in one chunk) or
-    ``recompute_mlp`` (GELU's input recomputed in the backward)."""
+    ``recompute_mlp`` (GELU's input recomputed in the backward) or ``recompute_attention``."""
     def build(cfg, seed=0, dtype=np.float64):
         model = GPTModel(cfg, seed=seed, dtype=dtype)
         for name, value in attrs.items():
@@ -489,6 +489,16 @@ def model_with(**attrs):
 RECOMPUTE_MLP_VARIANTS: dict[str, GPTConfig] = {
     "tied, dropout 0.2, GELU input recomputed": TINY.replace(tie_weights=True, drop_rate=0.2),
     f"untied, T={T_LONG}, GELU input recomputed": TINY.replace(context_length=T_LONG + 1),
+}
+
+
+# the attention kept for the backward or recomputed (minigpt/block.py, recompute_attention): name ->
+# (cfg, recompute_attention). By default TINY keeps it (H T <= 4 C) and T = T_LONG recomputes it;
+# these take the other path at each length, dropout on (the mask kept, or applied again)
+ATTENTION_VARIANTS: dict[str, tuple[GPTConfig, bool]] = {
+    "tied, dropout 0.2, attention recomputed": (TINY.replace(tie_weights=True, drop_rate=0.2), True),
+    f"untied, T={T_LONG}, dropout 0.2, attention kept":
+        (TINY.replace(context_length=T_LONG + 1, drop_rate=0.2), False),
 }
 
 
@@ -756,7 +766,26 @@ def _stash_not_zeroed():
         Stash.clear = real
 
 
+def _kept_attention_without_its_mask():
+    """BUG: the backward of a kept attention gets its weights without the dropout mask."""
+    from minigpt import block
+    real = block._attention_again
+
+    def no_mask(ops, att):
+        a, c = real(ops, att)
+        return (a, (*c[:4], None, c[5])) if isinstance(att, block.KeptAttention) else (a, c)
+
+    block._attention_again = no_mask
+    try:
+        cfg, _ = ATTENTION_VARIANTS[f"untied, T={T_LONG}, dropout 0.2, attention kept"]
+        return check_model(cfg, model_cls=model_with(recompute_attention=False),
+                           label="NEG kept attention", only="h.0.attn.c_attn.weight")
+    finally:
+        block._attention_again = real
+
+
 NEGATIVE_CONTROLS.update({
+    "kept attention whose backward forgets the dropout mask": _kept_attention_without_its_mask,
     "LM-head loss in row chunks whose dW_head overwrites": _chunked_head_overwrites_dw,
     "block caches in the gradient buffer that are not zeroed after use": _stash_not_zeroed,
     "last_nonpad pooling backward into a padding position": lambda: check_op(
@@ -798,6 +827,9 @@ def run_all(include_model: bool = True, include_negative: bool = True):
                                    label=f"model ({key})")
         for key, cfg in RECOMPUTE_MLP_VARIANTS.items():
             results += check_model(cfg, model_cls=model_with(recompute_mlp=True),
+                                   label=f"model ({key})")
+        for key, (cfg, again) in ATTENTION_VARIANTS.items():
+            results += check_model(cfg, model_cls=model_with(recompute_attention=again),
                                    label=f"model ({key})")
         for key, cfg in STASH_VARIANTS.items():
             results += check_model(cfg, label=f"model ({key})")

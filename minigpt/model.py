@@ -103,6 +103,10 @@ class GPTModel:
     # either way. It saves memory only where the caches do not fit in the gradient buffer
     # (minigpt/stash.py): at GPT-2 124M, batch 4 x 128, they fit, and u costs no memory there
     recompute_mlp: bool = False
+    # the attention in the backward: None recomputes it only where its weights (B, H, T, T) are
+    # larger than GELU's input (H T > 4 C; minigpt/block.py, recomputes_attention), True always
+    # (less memory), False never (less time); the same bits either way
+    recompute_attention: bool | None = None
 
     def __init__(self, cfg: GPTConfig, seed: int | None = 123, dtype=np.float32, *,
                  init: str | None = "gpt2", extra: Sequence[ParamSpec] = ()):
@@ -145,6 +149,7 @@ class GPTModel:
         twin.flat_params[...] = self.flat_params
         twin.flat_grads[...] = self.flat_grads
         twin.loss_chunk_rows, twin.recompute_mlp = self.loss_chunk_rows, self.recompute_mlp
+        twin.recompute_attention = self.recompute_attention
         if self.frozen_names():
             twin.freeze(self.frozen_names())
         return twin
@@ -355,7 +360,8 @@ class GPTModel:
             if stash is not None:
                 x = stash.keep(x)          # the block keeps its input: no second copy alive
             x, c = block_forward(x, bp, cfg.n_heads, cfg.drop_rate, rng,        # (B, T, C)
-                                 recompute_mlp=self.recompute_mlp and keep_caches, stash=stash)
+                                 recompute_mlp=self.recompute_mlp and keep_caches, stash=stash,
+                                 recompute_attention=self.recompute_attention)
             if keep_caches:
                 c_blocks.append(c)
         x, c_lnf = ops.layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])       # (B, T, C)

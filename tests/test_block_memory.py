@@ -119,3 +119,44 @@ def test_dropout_masks_are_kept_as_bytes_and_rebuilt_to_the_same_bits(name, dtyp
         off = PackedMask(pack_mask(mask).keep, np.nextafter(pack_mask(mask).scale, dtype(2)))
         assert not np.array_equal(unpack_mask(off), mask)
     assert pack_mask(None) is None and unpack_mask(None) is None
+
+
+def test_default_keeps_the_attention_where_its_weights_are_no_larger_than_u():
+    from minigpt.block import recomputes_attention
+    assert not recomputes_attention(12, 128, 768)         # GPT-2 124M, the bench's batch 4 x 128
+    assert not recomputes_attention(12, 256, 768)         # 12 x 256 = 3072 = 4 C
+    assert recomputes_attention(12, 257, 768)
+    assert recomputes_attention(8, 1024, 256)             # the bench's 'long' config
+    assert not recomputes_attention(8, 128, 256)          # 'small'
+
+
+@pytest.mark.parametrize("name", ["numba", "numpy"])
+@pytest.mark.parametrize("T", [7, 33])                     # the fused and the BLAS attention
+def test_kept_attention_gives_the_same_bits_as_recomputed(name, T):
+    """recompute_attention False / True / None: the block cache holds the attention's weights
+    (B, H, T, T) and output (B, T, C) or not, and a training step with dropout gives the same loss
+    and gradients to the last bit (the backward reads the same values either way), float32, with
+    the caches in the gradient buffer where they fit (three blocks)."""
+    from minigpt.block import KeptAttention
+
+    B, C, H = 2, 24, 3
+    cfg = GPTConfig(vocab_size=11, context_length=T, emb_dim=C, n_heads=H, n_layers=3,
+                    drop_rate=0.1, qkv_bias=True)
+    model = GPTModel(cfg, seed=0, dtype=np.float32)
+    p = model._block_params[0]
+    x = np.random.default_rng(0).normal(size=(B, T, C)).astype(np.float32)
+    idx = np.random.default_rng(1).integers(0, 11, (B, T))
+    with backend.use(name):
+        _, kept = block_forward(x, p, H, 0.1, np.random.default_rng(2), recompute_attention=False)
+        _, again = block_forward(x, p, H, 0.1, np.random.default_rng(2), recompute_attention=True)
+        assert isinstance(kept[2], KeptAttention) and not isinstance(again[2], KeptAttention)
+        assert cached_elements(kept, model.flat_params) == \
+            cached_elements(again, model.flat_params) + B * H * T * T + B * T * C
+        runs = []
+        for flag in (False, True, None):
+            model.recompute_attention = flag
+            loss, _ = model.loss_and_grads(idx, np.roll(idx, -1, 1), rng=np.random.default_rng(5))
+            runs.append((loss, model.flat_grads.copy()))
+    for loss, grads in runs[1:]:
+        assert loss == runs[0][0] and np.array_equal(grads, runs[0][1])
+    assert runs[0][1].any()

@@ -260,3 +260,18 @@ def test_recompute_mlp_gradients_every_element(variant, name):
     assert [r.n_checked for r in results] == [p.size for p in params.values()]
     bad = [r for r in results if not r.passed]
     assert not bad, bad
+
+
+@pytest.mark.parametrize("name", ["numba", "numpy"])
+@pytest.mark.parametrize("variant", list(gc.ATTENTION_VARIANTS))
+def test_attention_kept_or_recomputed_gradients_every_element(variant, name):
+    """The attention kept for the backward or recomputed, each at the length where it is not the
+    default (minigpt/block.py, recompute_attention), dropout on, both backends: every element."""
+    cfg, again = gc.ATTENTION_VARIANTS[variant]
+    with backend.use(name):
+        results = gc.check_model(cfg, model_cls=gc.model_with(recompute_attention=again),
+                                 label=variant)
+    params = GPTModel(cfg, seed=0, dtype=np.float64).params
+    assert [r.n_checked for r in results] == [p.size for p in params.values()]
+    bad = [r for r in results if not r.passed]
+    assert not bad, bad
