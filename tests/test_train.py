@@ -405,3 +405,37 @@ def test_init_like_torch_matches_pytorch_defaults():
     np.testing.assert_array_equal(other.flat_params, model.flat_params)  # the seed decides
     x = np.random.default_rng(0).integers(0, 300, size=(2, 16))
     assert abs(model.loss(x, x) - np.log(300)) < 0.5  # near uniform, as the book's 10.98 for V=50257
+
+
+def test_cli_recompute_switches_give_the_same_bits_and_resume(tmp_path, monkeypatch):
+    """--recompute-attention and --recompute-mlp change what a block keeps, not the numbers: five
+    steps with both give the checkpoint of five steps without, bit for bit (dropout on, T = 16:
+    the attention is kept by default), and a run may resume with the switches changed. A spy on
+    the blocks shows the switches reached them."""
+    import minigpt.model
+    from minigpt.cli import main
+
+    seen = []
+    real = minigpt.model.block_forward
+
+    def spy(*a, **kw):
+        seen.append((kw.get("recompute_attention"), kw.get("recompute_mlp")))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(minigpt.model, "block_forward", spy)
+    text = tiny_text(tmp_path)
+    short = [a if a != "60" else "5" for a in TINY]
+    runs = {}
+    for name, extra, want in (("plain", [], (None, False)),
+                              ("again", ["--recompute-attention", "--recompute-mlp"], (True, True))):
+        run_dir = str(tmp_path / name)
+        seen.clear()
+        assert main(["train", text, *short, "--checkpoint-dir", run_dir, *extra]) == 0
+        assert want in seen
+        runs[name] = final_params(run_dir, optimizer=True)[0]
+    assert runs["plain"].keys() == runs["again"].keys()
+    for k in runs["plain"]:
+        assert np.array_equal(runs["plain"][k], runs["again"][k]), k
+    assert main(["train", "--resume", "--checkpoint-dir", str(tmp_path / "plain"),
+                 "--recompute-attention", "--max-steps", "6"]) == 0
+    assert read_state(str(tmp_path / "plain"))["step"] == 6

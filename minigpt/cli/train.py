@@ -36,7 +36,7 @@ BOOK: dict[str, Any] = {
     "epochs": 10, "max_steps": None, "eval_freq": 5, "eval_iter": 5, "checkpoint_dir": None,
     "checkpoint_every": None, "keep_last": 2, "seed": 123, "start_context": "Every effort moves you",
     "sample_tokens": 50, "sample_every": 1, "progress": True, "plot": True, "threads": None,
-    "grad_accum": 1, "recompute_mlp": False,
+    "grad_accum": 1, "recompute_mlp": False, "recompute_attention": None,
 }
 
 # --quick: a 2,048-token BPE trained on the story (a 50,257-row LM head would be 90% of a small model
@@ -55,7 +55,7 @@ QUICK: dict[str, Any] = {
 # --grad-accum and the number of MPI ranks keep the global batch, so they change only the rounding).
 RESUMABLE = {"epochs", "max_steps", "eval_freq", "checkpoint_every", "keep_last", "progress", "plot",
              "sample_tokens", "sample_every", "checkpoint_dir", "resume", "quick", "threads",
-             "grad_accum", "recompute_mlp"}
+             "grad_accum", "recompute_mlp", "recompute_attention"}
 
 SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
@@ -180,6 +180,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="less memory for a little more time: the blocks do not keep GELU's input "
                         "(B, T, 4C) for the backward but recompute it, one more product per block "
                         "(GPT-2 124M, batch 4 x 128: 72 MiB less, about 5%% slower; the same bits)")
+    r.add_argument("--recompute-attention", dest="recompute_attention", action="store_true",
+                   default=S,
+                   help="less memory for a little more time: the blocks recompute the attention "
+                        "in the backward at every length (by default only where its weights "
+                        "(B, H, T, T) would be larger than GELU's input, H T > 4 C; the same bits)")
     r.add_argument("--no-progress", dest="progress", action="store_false", default=S,
                    help="no progress bar (for logs)")
     r.add_argument("--no-plot", dest="plot", action="store_false", default=S,
@@ -359,6 +364,7 @@ def run(args: argparse.Namespace) -> int:
     # a resumed run loads its weights over these
     model = GPTModel(cfg, seed=o["seed"], dtype=dtype, init=o.get("init", "gpt2"))
     model.recompute_mlp = bool(o.get("recompute_mlp"))
+    model.recompute_attention = o.get("recompute_attention")     # None: where the weights are large
     optimizer = AdamW(model, lr=o["lr"], weight_decay=o["weight_decay"], decay=o["decay"])
     settings = TrainSettings(
         epochs=o["epochs"], max_steps=o["max_steps"], lr=o["lr"], min_lr=o["min_lr"],
