@@ -142,10 +142,9 @@ def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
     one (B, T, C) array instead of two), GELU's output and tanh (the cache keeps GELU's input u, one
     (B, T, 4C) array instead of three), and, where they are large, the attention's weights
     (B, H, T, T) and output (B, T, C) (the cache keeps qkv, which it needs anyway, and the dropout
-    mask, applied again). The dropout
-    masks are kept as one byte per element (``PackedMask``) and rebuilt to the same bits. The linear
-    layers reading them keep their caches without their input (``_forget_input``) and get it back
-    in the backward.
+    mask, applied again). The dropout masks are kept as one byte per element (``PackedMask``) and
+    rebuilt to the same bits. The linear layers reading them keep their caches without their input
+    (``_forget_input``) and get it back in the backward.
 
     ``recompute_mlp``: GELU's input u (B, T, 4C), the largest array left in the cache, is not kept
     either; the backward recomputes it with one more product u = ln_2(x) W_fc + b_fc, the same op on
@@ -158,8 +157,8 @@ def block_forward(x: np.ndarray, p: dict, n_heads: int, drop_rate: float = 0.0,
     either way.
 
     ``stash``: a ``minigpt.stash.Stash``; the arrays the cache keeps (x, qkv, the attention's
-    weights and output when kept, ln_2's input, u) are copies in it, so that they live in a gradient slab the backward has not reached yet (the same
-    values; ``GPTModel.loss_and_grads``).
+    weights and output when kept, ln_2's input, u) are copies in it, so that they live in a gradient
+    slab the backward has not reached yet (the same values; ``GPTModel.loss_and_grads``).
     """
     ops = backend.ops()
     keep = stash.keep if stash is not None else (lambda a: a)
