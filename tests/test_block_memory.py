@@ -63,6 +63,27 @@ def test_block_cache_holds_only_what_the_backward_cannot_recompute(name):
     assert dx.shape == x.shape and np.isfinite(dx).all()
 
 
+def _tiny_float32(B: int, T: int, C: int, H: int, n_layers: int):
+    """A float32 model (vocabulary 11, width C, H heads, dropout 0.1), a block input x (B, T, C)
+    and ids (B, T)."""
+    cfg = GPTConfig(vocab_size=11, context_length=T, emb_dim=C, n_heads=H, n_layers=n_layers,
+                    drop_rate=0.1, qkv_bias=True)
+    model = GPTModel(cfg, seed=0, dtype=np.float32)
+    x = np.random.default_rng(0).normal(size=(B, T, C)).astype(np.float32)
+    idx = np.random.default_rng(1).integers(0, 11, (B, T))
+    return model, x, idx
+
+
+def _steps_with(model: GPTModel, idx: np.ndarray, attr: str, values) -> list:
+    """(loss, a copy of the flat gradients) of one training step for each value of ``attr``."""
+    runs = []
+    for value in values:
+        setattr(model, attr, value)
+        loss, _ = model.loss_and_grads(idx, np.roll(idx, -1, 1), rng=np.random.default_rng(5))
+        runs.append((loss, model.flat_grads.copy()))
+    return runs
+
+
 @pytest.mark.parametrize("name", ["numba", "numpy"])
 def test_recompute_mlp_drops_u_and_gives_the_same_bits(name):
     """GPTModel.recompute_mlp: the block cache loses GELU's input u (B, T, 4C), and a training step
@@ -71,23 +92,15 @@ def test_recompute_mlp_drops_u_and_gives_the_same_bits(name):
     from minigpt.block import RecomputeU
 
     B, T, C, H = 2, 33, 24, 3
-    cfg = GPTConfig(vocab_size=11, context_length=T, emb_dim=C, n_heads=H, n_layers=2,
-                    drop_rate=0.1, qkv_bias=True)
-    model = GPTModel(cfg, seed=0, dtype=np.float32)
+    model, x, idx = _tiny_float32(B, T, C, H, n_layers=2)
     p = model._block_params[0]
-    x = np.random.default_rng(0).normal(size=(B, T, C)).astype(np.float32)
-    idx = np.random.default_rng(1).integers(0, 11, (B, T))
     with backend.use(name):
         _, kept = block_forward(x, p, H)
         _, dropped = block_forward(x, p, H, recompute_mlp=True)
         assert isinstance(dropped[7], RecomputeU)
         assert cached_elements(dropped, model.flat_params) == \
             cached_elements(kept, model.flat_params) - B * T * 4 * C
-        runs = []
-        for flag in (False, True):
-            model.recompute_mlp = flag
-            loss, g = model.loss_and_grads(idx, np.roll(idx, -1, 1), rng=np.random.default_rng(5))
-            runs.append((loss, model.flat_grads.copy()))
+        runs = _steps_with(model, idx, "recompute_mlp", (False, True))
     assert runs[0][0] == runs[1][0] and np.array_equal(runs[0][1], runs[1][1])
     assert runs[0][1].any()
 
@@ -140,23 +153,15 @@ def test_kept_attention_gives_the_same_bits_as_recomputed(name, T):
     from minigpt.block import KeptAttention
 
     B, C, H = 2, 24, 3
-    cfg = GPTConfig(vocab_size=11, context_length=T, emb_dim=C, n_heads=H, n_layers=3,
-                    drop_rate=0.1, qkv_bias=True)
-    model = GPTModel(cfg, seed=0, dtype=np.float32)
+    model, x, idx = _tiny_float32(B, T, C, H, n_layers=3)
     p = model._block_params[0]
-    x = np.random.default_rng(0).normal(size=(B, T, C)).astype(np.float32)
-    idx = np.random.default_rng(1).integers(0, 11, (B, T))
     with backend.use(name):
         _, kept = block_forward(x, p, H, 0.1, np.random.default_rng(2), recompute_attention=False)
         _, again = block_forward(x, p, H, 0.1, np.random.default_rng(2), recompute_attention=True)
         assert isinstance(kept[2], KeptAttention) and not isinstance(again[2], KeptAttention)
         assert cached_elements(kept, model.flat_params) == \
             cached_elements(again, model.flat_params) + B * H * T * T + B * T * C
-        runs = []
-        for flag in (False, True, None):
-            model.recompute_attention = flag
-            loss, _ = model.loss_and_grads(idx, np.roll(idx, -1, 1), rng=np.random.default_rng(5))
-            runs.append((loss, model.flat_grads.copy()))
+        runs = _steps_with(model, idx, "recompute_attention", (False, True, None))
     for loss, grads in runs[1:]:
         assert loss == runs[0][0] and np.array_equal(grads, runs[0][1])
     assert runs[0][1].any()
