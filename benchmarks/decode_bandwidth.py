@@ -4,9 +4,9 @@ machine's memory gives a plain copy and a plain read, at 1 and 2 threads.
     .venv/bin/python benchmarks/decode_bandwidth.py [--config gpt2] [--steps 16] [--mb 100,500,2000]
         [--torch-python PATH]
 
-- copy: ``np.copyto`` of an ``--mb`` MB float32 array (several sizes: an array that fits in the
-  CPU's last-level cache is read from there, not from memory; ``lscpu`` gives its size) (one thread, or two threads each copying a
-  half; NumPy releases the GIL). Printed as the bytes READ per second (the same bytes are written
+- copy: ``np.copyto`` of an ``--mb`` MB float32 array, one thread or two threads each copying a
+  half (NumPy releases the GIL); several sizes: an array that fits in the CPU's last-level cache is
+  read from there, not from memory (``lscpu`` gives its size). Printed as the bytes READ per second (the same bytes are written
   too, so the memory bus moves twice that).
 - read: a Numba loop summing the same array (vectorised; one thread, or two halves on two threads):
   what streaming a weight matrix once can reach at best.

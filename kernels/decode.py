@@ -30,8 +30,9 @@ threads, one streams the first half of W and the other the second half, each a c
 stretch of memory: from memory at 2 threads, GPT-2's mlp.c_proj (3072, 768) read at 21.1 GB/s
 this way against 12.5 GB/s when each thread took half of every row, and mlp.c_fc at 19.5 against
 15.3 (the column split ``gemv`` and the first design use; ``benchmarks/decode_layout.py --k 3072
---n 768``, ``--k 768 --n 3072``, 2026-12-03 00:47 UTC, Intel Xeon). With 2p threads, p take each half, each a block of its columns; with an odd count
-every thread takes both halves of its block of columns. The elementwise steps between products
+--n 768``, ``--k 768 --n 3072``, 2026-12-03 00:47 UTC, Intel Xeon). With 2p threads, p take each
+half, each a block of its columns; with an odd count every thread takes both halves of its block
+of columns. The elementwise steps between products
 (the residual adds, the layernorms, GELU) are C or 4C numbers per row: every thread computes them
 whole for itself (GELU only for the rows of W_mproj it will read) rather than meeting again.
 
